@@ -1,0 +1,83 @@
+"""Milvus filter expressions built so that no user id or metadata value can change their meaning.
+
+Values become string literals with every quote and backslash escaped; control characters (which Milvus'
+expression parser cannot escape) and keys that are not plain identifiers are refused with `InputError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from memory.errors import InputError
+
+MAX_ID_CHARS = 256
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_id(value: str | None, name: str, required: bool = False) -> str:
+    """Validate a user/agent/run id and return it ("" for a missing optional id)."""
+    if value is None or value == "":
+        if required:
+            raise InputError(f"{name} is required")
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise InputError(f"{name} must not be blank")
+    if len(value) > MAX_ID_CHARS:
+        raise InputError(f"{name} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    if _CONTROL.search(value) or "\n" in value or "\r" in value or "\t" in value:
+        raise InputError(f"{name} must not contain control characters or line breaks")
+    return value
+
+
+def literal(value: Any) -> str:
+    """A Milvus expression literal for a string, number or boolean value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise InputError("filter values must not contain control characters")
+        return json.dumps(value, ensure_ascii=False)
+    raise InputError(f"filter values must be strings, numbers or booleans, not {type(value).__name__}")
+
+
+def scope_filter(user_id: str, agent_id: str = "", run_id: str = "") -> str:
+    """The expression selecting one user's memories, optionally narrowed to an agent and a run."""
+    parts = [f"user_id == {literal(user_id)}"]
+    if agent_id:
+        parts.append(f"agent_id == {literal(agent_id)}")
+    if run_id:
+        parts.append(f"run_id == {literal(run_id)}")
+    return " and ".join(parts)
+
+
+def metadata_filter(filters: dict[str, Any] | None) -> str:
+    """Equality (or `{"in": [...]}`) conditions on metadata keys, joined with `and`."""
+    if not filters:
+        return ""
+    if not isinstance(filters, dict):
+        raise InputError("filters must be a dict of metadata key -> value")
+    parts = []
+    for key, value in filters.items():
+        if key in {"agent_id", "run_id", "user_id"}:
+            continue  # handled by scope_filter
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise InputError(f"filter key {key!r} must be a plain identifier (letters, digits, _)")
+        field = f'metadata["{key}"]'
+        if isinstance(value, dict) and set(value) == {"in"} and isinstance(value["in"], list):
+            parts.append(f"{field} in [{', '.join(literal(v) for v in value['in'])}]")
+        else:
+            parts.append(f"{field} == {literal(value)}")
+    return " and ".join(parts)
+
+
+def combine(*expressions: str) -> str:
+    """Join non-empty expressions with `and`, each in parentheses."""
+    present = [e for e in expressions if e]
+    return " and ".join(f"({e})" for e in present)

@@ -1,0 +1,221 @@
+"""The graph store: each user's entities and relations in Kuzu on disk.
+
+Entities are typed nodes scoped to one user; the user's own "I/me/my" is a node of type `user`. A name seen
+again (case, width and spacing folded), or one whose embedding is nearly identical to an entity of the same
+type, is the same node. Relations are edges with a type, a validity window (`valid_from`, `valid_to`) and the
+ids of the memories they came from: a relation that stops being true gets a `valid_to`, it is not deleted.
+Every query is parameterised; no Cypher is built from user data.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import kuzu
+import numpy as np
+
+from memory.errors import StoreBusyError, StoreError, one_line
+from memory.records import Relation, normalize_text
+
+USER_ALIASES = {"user", "i", "me", "my", "myself", "mine", "我", "我的", "自己", "本人"}
+SAME_ENTITY_COSINE = 0.92
+
+_SCHEMA = [
+    "CREATE NODE TABLE IF NOT EXISTS Entity(id STRING, user_id STRING, name STRING, norm STRING, type STRING, "
+    "embedding FLOAT[], created_at TIMESTAMP, PRIMARY KEY(id))",
+    "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, id STRING, rel_type STRING, "
+    "valid_from TIMESTAMP, valid_to TIMESTAMP, memory_ids STRING[], created_at TIMESTAMP)",
+]
+_REL_FIELDS = ("r.id, a.name, a.type, r.rel_type, b.name, b.type, r.valid_from, r.valid_to, r.memory_ids")
+
+
+@dataclass
+class Entity:
+    """A node of a user's graph."""
+
+    id: str
+    name: str
+    type: str
+    norm: str
+    embedding: np.ndarray | None = None
+
+
+class GraphStore(Protocol):
+    """What the memory pipeline needs from a graph store."""
+
+    def resolve_entity(self, user_id: str, name: str, type_: str, embedding: np.ndarray | None) -> str: ...
+    def add_relation(self, user_id: str, source_id: str, rel_type: str, destination_id: str, memory_id: str,
+                     valid_from: datetime) -> str: ...
+    def invalidate(self, relation_ids: list[str], valid_to: datetime) -> None: ...
+    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime) -> None: ...
+    def entities(self, user_id: str) -> list[Entity]: ...
+    def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
+                  limit: int = 100) -> list[Relation]: ...
+    def forget_memories(self, user_id: str, memory_ids: list[str]) -> None: ...
+    def delete_user(self, user_id: str) -> None: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class KuzuGraphStore:
+    """Entities and relations in a Kuzu database directory; see the module docstring."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._db = kuzu.Database(path)
+        except RuntimeError as exc:
+            if "lock" in str(exc).lower():
+                raise StoreBusyError(f"the graph database {path} is in use by another process") from exc
+            raise StoreError(f"cannot open the Kuzu database at {path}: {one_line(exc)}") from exc
+        self._conn = kuzu.Connection(self._db)
+        self._lock = threading.RLock()
+        for statement in _SCHEMA:
+            self._run(statement)
+
+    def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        with self._lock:
+            result = self._conn.execute(query, params or {})
+            rows = []
+            while result.has_next():
+                rows.append(result.get_next())
+            return rows
+
+    # -- entities -----------------------------------------------------------------------------------------
+    def user_node(self, user_id: str) -> str:
+        """The id of the node standing for the user themself (created on first use)."""
+        node_id = "user:" + user_id
+        self._run("MERGE (e:Entity {id: $id}) ON CREATE SET e.user_id = $u, e.name = $u, e.norm = 'user', "
+                  "e.type = 'user', e.created_at = $t", {"id": node_id, "u": user_id, "t": _now()})
+        return node_id
+
+    def resolve_entity(self, user_id: str, name: str, type_: str, embedding: np.ndarray | None) -> str:
+        """The id of this user's node for `name`, creating it when no existing node is the same entity."""
+        norm = normalize_text(name)
+        if norm in USER_ALIASES or name.strip().upper() == "USER" or name == user_id:
+            return self.user_node(user_id)
+        with self._lock:
+            known = self.entities(user_id)
+            for entity in known:
+                if entity.norm == norm:
+                    return entity.id
+            if embedding is not None:
+                for entity in known:
+                    if (entity.embedding is not None and entity.type == type_
+                            and entity.embedding.shape == embedding.shape
+                            and float(entity.embedding @ embedding) >= SAME_ENTITY_COSINE):
+                        return entity.id
+            node_id = str(uuid.uuid4())
+            self._run("CREATE (e:Entity {id: $id, user_id: $u, name: $n, norm: $norm, type: $type, embedding: $emb, "
+                      "created_at: $t})", {"id": node_id, "u": user_id, "n": name.strip(), "norm": norm,
+                                           "type": type_ or "thing",
+                                           "emb": embedding.tolist() if embedding is not None else None, "t": _now()})
+            return node_id
+
+    def entities(self, user_id: str) -> list[Entity]:
+        """All entities of one user (the user's own node included)."""
+        rows = self._run("MATCH (e:Entity) WHERE e.user_id = $u RETURN e.id, e.name, e.type, e.norm, e.embedding",
+                         {"u": user_id})
+        return [Entity(id=r[0], name=r[1], type=r[2], norm=r[3],
+                       embedding=np.asarray(r[4], dtype=np.float32) if r[4] else None) for r in rows]
+
+    # -- relations ----------------------------------------------------------------------------------------
+    def add_relation(self, user_id: str, source_id: str, rel_type: str, destination_id: str, memory_id: str,
+                     valid_from: datetime) -> str:
+        """Record `source -rel_type-> destination`; an identical current relation gains the memory id instead."""
+        with self._lock:
+            same = self._run("MATCH (a:Entity {id: $a})-[r:RELATES]->(b:Entity {id: $b}) "
+                             "WHERE r.rel_type = $t AND r.valid_to IS NULL RETURN r.id, r.memory_ids",
+                             {"a": source_id, "b": destination_id, "t": rel_type})
+            if same:
+                rel_id, memory_ids = same[0][0], list(same[0][1] or [])
+                if memory_id and memory_id not in memory_ids:
+                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m",
+                              {"id": rel_id, "m": [*memory_ids, memory_id]})
+                return rel_id
+            rel_id = str(uuid.uuid4())
+            self._run("MATCH (a:Entity {id: $a}), (b:Entity {id: $b}) CREATE (a)-[:RELATES {id: $id, rel_type: $t, "
+                      "valid_from: $vf, valid_to: NULL, memory_ids: $m, created_at: $now}]->(b)",
+                      {"a": source_id, "b": destination_id, "id": rel_id, "t": rel_type,
+                       "m": [memory_id] if memory_id else [], "now": _now(), "vf": _naive(valid_from)})
+            return rel_id
+
+    def invalidate(self, relation_ids: list[str], valid_to: datetime) -> None:
+        """Mark relations as no longer true from `valid_to` on (kept for history and "as of" queries)."""
+        for rel_id in relation_ids:
+            self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id AND r.valid_to IS NULL SET r.valid_to = $t",
+                      {"id": rel_id, "t": _naive(valid_to)})
+
+    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime) -> None:
+        """Invalidate the current relations that these (superseded) memories stated."""
+        rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u AND r.valid_to IS NULL AND "
+                         "size(list_intersect(r.memory_ids, $m)) > 0 RETURN r.id", {"u": user_id, "m": memory_ids})
+        self.invalidate([row[0] for row in rows], valid_to)
+
+    def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
+                  limit: int = 100) -> list[Relation]:
+        """A user's relations, optionally only those touching the given entities, newest first."""
+        where = ["a.user_id = $u"]
+        params: dict[str, Any] = {"u": user_id, "limit": limit}
+        if current_only:
+            where.append("r.valid_to IS NULL")
+        if entity_ids is not None:
+            if not entity_ids:
+                return []
+            where.append("(a.id IN $ids OR b.id IN $ids)")
+            params["ids"] = entity_ids
+        rows = self._run(f"MATCH (a:Entity)-[r:RELATES]->(b:Entity) WHERE {' AND '.join(where)} "
+                         f"RETURN {_REL_FIELDS} ORDER BY r.created_at DESC LIMIT $limit", params)
+        return [Relation(id=r[0], source=r[1], source_type=r[2], relationship=r[3], destination=r[4],
+                         destination_type=r[5], valid_from=_utc(r[6]), valid_to=_utc(r[7]),
+                         memory_ids=list(r[8] or [])) for r in rows]
+
+    # -- erasure ------------------------------------------------------------------------------------------
+    def forget_memories(self, user_id: str, memory_ids: list[str]) -> None:
+        """Erase what these memories contributed: edges keep only other sources; unsupported edges and
+        entities left with no edge are deleted."""
+        if not memory_ids:
+            return
+        with self._lock:
+            rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u AND "
+                             "size(list_intersect(r.memory_ids, $m)) > 0 RETURN r.id, r.memory_ids",
+                             {"u": user_id, "m": memory_ids})
+            for rel_id, ids in rows:
+                remaining = [i for i in ids or [] if i not in memory_ids]
+                if remaining:
+                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m",
+                              {"id": rel_id, "m": remaining})
+                else:
+                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id DELETE r", {"id": rel_id})
+            self._run("MATCH (e:Entity) WHERE e.user_id = $u AND NOT EXISTS { MATCH (e)-[:RELATES]-() } "
+                      "DELETE e", {"u": user_id})
+
+    def delete_user(self, user_id: str) -> None:
+        """Erase every node and edge of one user."""
+        self._run("MATCH (e:Entity) WHERE e.user_id = $u DETACH DELETE e", {"u": user_id})
+
+    def reset(self) -> None:
+        """Erase the whole graph."""
+        self._run("MATCH (e:Entity) DETACH DELETE e")
+
+    def close(self) -> None:
+        """Close the connection and the database (releasing its lock)."""
+        with self._lock:
+            self._conn.close()
+            self._db.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive(value: datetime) -> datetime:
+    """Kuzu TIMESTAMPs are naive: store UTC."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value

@@ -1,0 +1,108 @@
+"""The history database (SQLite, WAL): every ADD/UPDATE/DELETE of a memory, and the write journal.
+
+History rows keep the old and new text, the time and the actor, so a superseded fact stays visible in
+`Memory.history`. The journal holds each planned write before it is applied to the stores and is marked done
+after; plans still open when the process died are replayed at the next start (every step is idempotent), so
+Milvus, Kuzu and history never disagree for long.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    id TEXT PRIMARY KEY,
+    memory_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    old_memory TEXT,
+    new_memory TEXT,
+    actor TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_memory ON history(memory_id);
+CREATE INDEX IF NOT EXISTS history_user ON history(user_id);
+CREATE TABLE IF NOT EXISTS journal (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+
+class History:
+    """Memory history and the write journal in one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def record(self, entries: list[dict[str, Any]]) -> None:
+        """Append history rows; each entry has a unique `id`, so recording twice changes nothing."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO history (id, memory_id, user_id, event, old_memory, new_memory, actor, "
+                "created_at) VALUES (:id, :memory_id, :user_id, :event, :old_memory, :new_memory, :actor, "
+                ":created_at)", [{"actor": None, "old_memory": None, "new_memory": None, **e} for e in entries])
+
+    def of_memory(self, memory_id: str) -> list[dict[str, Any]]:
+        """The history of one memory, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, memory_id, user_id, event, old_memory, new_memory, actor, created_at FROM history "
+                "WHERE memory_id = ? ORDER BY created_at, rowid", (memory_id,)).fetchall()
+        keys = ("id", "memory_id", "user_id", "event", "old_memory", "new_memory", "actor", "created_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def erase_memories(self, memory_ids: list[str]) -> None:
+        """Erase every history row of these memories (real erasure, not a soft delete)."""
+        with self._lock:
+            self._db.executemany("DELETE FROM history WHERE memory_id = ?", [(m,) for m in memory_ids])
+
+    def erase_user(self, user_id: str) -> None:
+        """Erase every history and journal row of one user."""
+        with self._lock:
+            self._db.execute("DELETE FROM history WHERE user_id = ?", (user_id,))
+            self._db.execute("DELETE FROM journal WHERE user_id = ?", (user_id,))
+
+    def begin(self, plan_id: str, user_id: str, plan: dict[str, Any]) -> None:
+        """Journal a plan before any store is touched."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO journal (id, user_id, plan, created_at) VALUES (?, ?, ?, ?)",
+                             (plan_id, user_id, json.dumps(plan, ensure_ascii=False), _now()))
+
+    def commit(self, plan_id: str) -> None:
+        """Mark a journaled plan as fully applied."""
+        with self._lock:
+            self._db.execute("DELETE FROM journal WHERE id = ?", (plan_id,))
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Plans journaled but not committed (the process stopped while applying them), oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT plan FROM journal ORDER BY created_at, rowid").fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def reset(self) -> None:
+        """Erase all history and journal rows."""
+        with self._lock:
+            self._db.execute("DELETE FROM history")
+            self._db.execute("DELETE FROM journal")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

@@ -1,0 +1,327 @@
+"""`Memory`: the public API of the memory layer (Mem0-compatible names and shapes).
+
+`add` turns messages into lasting memories with one LLM call (facts, updates, deletions, entities and
+relations decided together) and stores them in Milvus (text + vectors), Kuzu (entities + relations) and the
+history database; `search` brings the relevant ones back with no LLM call. Everything is keyed by user id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+
+from memory import pipeline
+from memory.config import MemoryConfig
+from memory.embeddings import embed, make_embedder
+from memory.errors import InputError, LLMNotConfiguredError, NotFoundError
+from memory.filters import check_id, combine, metadata_filter, scope_filter
+from memory.graph_store import KuzuGraphStore
+from memory.history import History
+from memory.llm import ask_structured, make_chat_model
+from memory.locking import DataDirLock
+from memory.records import MemoryRecord, now_ms, text_hash, to_ms
+from memory.search import DEFAULT_RECIPE, SearchRecipe, fuse, mentioned_entities, rank_relations
+from memory.vector_store import MAX_TEXT_BYTES, MilvusVectorStore
+from prompts import extract
+
+log = logging.getLogger(__name__)
+
+MAX_CONVERSATION_CHARS = 50_000
+RELATED_MEMORIES = 10
+RELATED_RELATIONS = 30
+
+
+class Memory:
+    """Long-term, per-user memory on Milvus, Kuzu and SQLite. Safe to share between threads."""
+
+    def __init__(self, config: MemoryConfig | None = None, *, llm: BaseChatModel | None = None,
+                 embedder: Embeddings | None = None, recipe: SearchRecipe = DEFAULT_RECIPE) -> None:
+        """Open (or create) the stores. With no arguments: embedded defaults and the LLM from the environment."""
+        self.config = config or MemoryConfig.from_env()
+        self.recipe = recipe
+        self.embedder = embedder or make_embedder(self.config.embedder)
+        self.llm = llm if llm is not None else (make_chat_model(self.config.llm) if self.config.llm else None)
+        self._lock = DataDirLock(self.config.data_path)
+        try:
+            self.vectors = MilvusVectorStore(self.config.milvus_uri, dims=self.config.embedder.embedding_dims,
+                                             collection=self.config.vector_store.collection_name,
+                                             token=self.config.vector_store.token,
+                                             db_name=self.config.vector_store.db_name,
+                                             is_server=self.config.milvus_is_server)
+            self.graph = KuzuGraphStore(self.config.kuzu_path)
+            self.history_db = History(self.config.history_path)
+        except BaseException:
+            self._close_opened()
+            raise
+        self._user_locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._guard = threading.Lock()
+        self._closed = False
+        self._replay_journal()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Memory:
+        """Build from a Mem0-style config dict (the seeds' dict works unchanged)."""
+        return cls(MemoryConfig.from_dict(config), **kwargs)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def add(self, messages: str | dict[str, str] | list[dict[str, str]], *, user_id: str,
+            agent_id: str | None = None, run_id: str | None = None, metadata: dict[str, Any] | None = None,
+            infer: bool = True, timestamp: datetime | str | None = None) -> dict[str, Any]:
+        """Remember what matters in `messages` for this user.
+
+        With `infer=True` one LLM call extracts facts and decides ADD/UPDATE/DELETE against the related
+        memories, plus entities and relations for the graph. With `infer=False` each message is stored
+        verbatim, no LLM involved. Returns `{"results": [{id, memory, event}], "relations": {...}}`.
+        """
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        turns = _normalise_messages(messages)
+        metadata = _check_metadata(metadata)
+        try:
+            when = to_ms(timestamp)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"timestamp must be a datetime or an ISO 8601 string: {exc}") from None
+        if not turns:
+            return {"results": [], "relations": {"added": [], "invalidated": []}}
+        created = now_ms()
+        template = MemoryRecord(id="", user_id=user_id, text="", agent_id=agent_id, run_id=run_id,
+                                metadata=metadata, created_at=created, updated_at=created, event_time=when)
+        with self._user_lock(user_id):
+            if not infer:
+                return self._add_verbatim(turns, template)
+            return self._add_inferred(turns, template, when)
+
+    def _add_verbatim(self, turns: list[dict[str, str]], template: MemoryRecord) -> dict[str, Any]:
+        for turn in turns:
+            if len(turn["content"].encode()) > MAX_TEXT_BYTES:
+                raise InputError(f"a message of {len(turn['content'])} characters is too long to store verbatim "
+                                 f"(limit {MAX_TEXT_BYTES} bytes); split it or use infer=True")
+        plan = pipeline.new_plan(template.user_id, "user", template.created_at)
+        vectors = embed(self.embedder, [t["content"] for t in turns])
+        results = []
+        for turn, vector in zip(turns, vectors, strict=True):
+            meta = dict(template.metadata)
+            meta.setdefault("role", turn["role"])
+            record = MemoryRecord(**{**template.__dict__, "id": str(uuid.uuid4()), "text": turn["content"],
+                                     "metadata": meta, "hash": text_hash(turn["content"])})
+            pipeline.add_upsert(plan, record, vector, "ADD", None)
+            results.append({"id": record.id, "memory": record.text, "event": "ADD"})
+        self._commit(plan)
+        return {"results": results, "relations": {"added": [], "invalidated": []}}
+
+    def _add_inferred(self, turns: list[dict[str, str]], template: MemoryRecord, when: int) -> dict[str, Any]:
+        if self.llm is None:
+            raise LLMNotConfiguredError("no language model is configured for memory extraction: set OPENAI_API_KEY "
+                                        "(and OPENAI_BASE_URL / LLM_MODEL), or call add(..., infer=False)")
+        conversation = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
+        if len(conversation) > MAX_CONVERSATION_CHARS:
+            raise InputError(f"the conversation is {len(conversation)} characters; the limit for one add is "
+                             f"{MAX_CONVERSATION_CHARS}")
+        user_text = "\n".join(t["content"] for t in turns if t["role"] == "user") or conversation
+        scope = scope_filter(template.user_id, template.agent_id, template.run_id)
+        query_vector = embed(self.embedder, [user_text[:4000]])[0]
+        shown = [r for r, _ in self._rank(user_text[:4000], query_vector, scope, template.user_id, RELATED_MEMORIES)]
+        entities = self.graph.entities(template.user_id)
+        mentioned = mentioned_entities(user_text, entities, "user")
+        shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
+                                               limit=RELATED_RELATIONS)
+        relation_lines = [f"{r.source if r.source_type != 'user' else 'USER'} -{r.relationship}-> "
+                          f"{r.destination if r.destination_type != 'user' else 'USER'}" for r in shown_relations]
+        system = extract.render(_iso_date(when), [m.text for m in shown], relation_lines)
+        result = ask_structured(self.llm, system, f"NEW CONVERSATION:\n{conversation}",
+                                lambda raw: extract.parse(raw, len(shown), len(shown_relations)))
+        texts = [op.text.strip() for op in result.memories if op.text and op.event != "DELETE"]
+        names = [name for op in result.memories for rel in op.relations for name in (rel.source, rel.destination)]
+        unique = list(dict.fromkeys([*texts, *(n.strip() for n in names)]))
+        vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
+        plan = pipeline.new_plan(template.user_id, "llm", now_ms())
+        existing_hashes = {r.hash for r in self.vectors.list(combine(scope), template.user_id, None)}
+        results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
+        self._commit(plan)
+        invalidated = [r.to_result() for r in shown_relations if r.id in set(plan["invalidate"])]
+        added = [{"source": r["source"], "relationship": r["relationship"], "destination": r["destination"]}
+                 for r in plan["relations"]]
+        return {"results": results, "relations": {"added": added, "invalidated": invalidated}}
+
+    def update(self, memory_id: str, text: str) -> dict[str, Any]:
+        """Replace a memory's text (by the user's hand; the old text stays in its history)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the new text must be a non-empty string")
+        old = self._record(memory_id)
+        with self._user_lock(old.user_id):
+            plan = pipeline.new_plan(old.user_id, "user", now_ms())
+            record = MemoryRecord(**{**old.__dict__, "text": text.strip(), "hash": text_hash(text),
+                                     "updated_at": plan["time"]})
+            pipeline.add_upsert(plan, record, embed(self.embedder, [record.text])[0], "UPDATE", old.text)
+            self._commit(plan)
+        return {"id": memory_id, "memory": record.text, "event": "UPDATE", "previous_memory": old.text}
+
+    def delete(self, memory_id: str) -> dict[str, str]:
+        """Erase one memory: from Milvus, from the graph (relations only it supported) and from history."""
+        record = self._record(memory_id)
+        with self._user_lock(record.user_id):
+            plan = pipeline.new_plan(record.user_id, "user", now_ms())
+            plan["forget"].append(memory_id)
+            self._commit(plan)
+        return {"message": f"memory {memory_id} deleted"}
+
+    def delete_all(self, *, user_id: str) -> dict[str, Any]:
+        """Erase everything remembered about one user (vectors, graph, history). Other users are untouched."""
+        user_id = check_id(user_id, "user_id", required=True)
+        with self._user_lock(user_id):
+            count = self.vectors.delete_user(user_id)
+            self.graph.delete_user(user_id)
+            self.history_db.erase_user(user_id)
+        return {"message": f"deleted {count} memories of user {user_id}", "deleted": count}
+
+    def reset(self) -> None:
+        """Erase every user's memories, graph and history."""
+        with self._guard:
+            self.vectors.reset()
+            self.graph.reset()
+            self.history_db.reset()
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def search(self, query: str, *, user_id: str, agent_id: str | None = None, run_id: str | None = None,
+               limit: int = 10, filters: dict[str, Any] | None = None,
+               threshold: float | None = None) -> dict[str, Any]:
+        """The user's memories most relevant to `query` (dense + keyword + graph, recency-aware, no LLM call),
+        and the user's graph relations about the entities the query mentions."""
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        if not isinstance(query, str):
+            raise InputError("query must be a string")
+        limit = max(1, min(int(limit), 1000))
+        expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
+        query = query.strip()[:4000]
+        if not query:
+            return {"results": [], "relations": []}
+        vector = embed(self.embedder, [query])[0]
+        entities = self.graph.entities(user_id)
+        mentioned = mentioned_entities(query, entities, "user")
+        relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
+        graph_ids = {m for r in relations for m in r.memory_ids}
+        ranked = self._rank(query, vector, expr, user_id, limit, graph_ids)
+        if threshold is not None:
+            ranked = [(r, s) for r, s in ranked if s >= threshold]
+        return {"results": [r.to_result(s) for r, s in ranked],
+                "relations": [r.to_result() for r in rank_relations(relations, query, mentioned, limit)]}
+
+    def _rank(self, query: str, vector: np.ndarray, expr: str, user_id: str, limit: int,
+              graph_ids: set[str] | None = None) -> list[tuple[MemoryRecord, float]]:
+        pool = max(self.recipe.candidates, limit)
+        dense = self.vectors.search_dense(vector, expr, user_id, pool)
+        keyword = self.vectors.search_keyword(query, expr, user_id, pool)
+        return fuse(dense, keyword, graph_ids or set(), self.recipe, now_ms())[:limit]
+
+    def get(self, memory_id: str) -> dict[str, Any] | None:
+        """One memory by id, or None."""
+        found = self.vectors.get([memory_id]) if isinstance(memory_id, str) and memory_id else []
+        return found[0].to_result() if found else None
+
+    def get_all(self, *, user_id: str, agent_id: str | None = None, run_id: str | None = None, limit: int = 100,
+                filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The user's memories, newest first, and the user's current graph relations."""
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
+        records = self.vectors.list(expr, user_id, max(1, int(limit)))
+        relations = self.graph.relations(user_id, limit=max(1, int(limit)))
+        return {"results": [r.to_result() for r in records], "relations": [r.to_result() for r in relations]}
+
+    def relations(self, *, user_id: str, include_invalid: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        """The user's graph relations, newest first; with `include_invalid`, also those no longer true."""
+        user_id = check_id(user_id, "user_id", required=True)
+        return [r.to_result() for r in self.graph.relations(user_id, current_only=not include_invalid, limit=limit)]
+
+    def history(self, memory_id: str) -> list[dict[str, Any]]:
+        """Every ADD/UPDATE/DELETE of one memory, oldest first."""
+        return self.history_db.of_memory(memory_id)
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _record(self, memory_id: str) -> MemoryRecord:
+        found = self.vectors.get([memory_id]) if isinstance(memory_id, str) and memory_id else []
+        if not found:
+            raise NotFoundError(f"no memory with id {memory_id!r}")
+        return found[0]
+
+    def _user_lock(self, user_id: str) -> threading.RLock:
+        with self._guard:
+            return self._user_locks[user_id]
+
+    def _commit(self, plan: dict[str, Any]) -> None:
+        """Journal, apply and close a plan: after a crash the journal replays it at the next start."""
+        self.history_db.begin(plan["id"], plan["user_id"], plan)
+        pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+        self.history_db.commit(plan["id"])
+
+    def _replay_journal(self) -> None:
+        for plan in self.history_db.pending():
+            log.warning("replaying an interrupted memory write (%s)", plan["id"])
+            pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+            self.history_db.commit(plan["id"])
+
+    def close(self) -> None:
+        """Flush and close every store and release the data directory (idempotent)."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._close_opened()
+
+    def _close_opened(self) -> None:
+        for name in ("vectors", "graph", "history_db"):
+            store = getattr(self, name, None)
+            if store is not None:
+                try:
+                    store.close()
+                except Exception as exc:  # closing must go on for the other stores
+                    log.warning("closing %s failed: %s", name, exc)
+        self._lock.release()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _normalise_messages(messages: Any) -> list[dict[str, str]]:
+    """Messages as a list of {role, content} with non-blank string content."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    elif isinstance(messages, dict):
+        messages = [messages]
+    if not isinstance(messages, list):
+        raise InputError("messages must be a string, a {'role', 'content'} dict or a list of them")
+    turns = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise InputError("each message must be a dict with a string 'content'")
+        role = str(message.get("role") or "user")
+        content = message["content"].replace("\x00", "").strip()
+        if content:
+            turns.append({"role": role, "content": content})
+    return turns
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InputError("metadata must be a dict with string keys")
+    return dict(metadata)
+
+
+def _iso_date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d (%A)")
+
+
+__all__ = ["Memory"]

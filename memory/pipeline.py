@@ -1,0 +1,135 @@
+"""The write pipeline: turn one extraction answer into a plan, journal it, and apply it to the three stores.
+
+A plan is plain data (JSON) holding everything the stores need, embeddings included, with ids and times fixed
+up front, so applying it twice gives the same state. `Memory` journals the plan, applies it, and marks it
+done; a plan left open by a crash is applied again at the next start.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from memory.graph_store import GraphStore
+from memory.history import History
+from memory.records import MemoryRecord, Relation, text_hash
+from memory.vector_store import VectorStore
+from prompts.extract import ExtractionResult
+
+
+def new_plan(user_id: str, actor: str, when_ms: int) -> dict[str, Any]:
+    """An empty plan for one user."""
+    return {"id": str(uuid.uuid4()), "user_id": user_id, "actor": actor, "time": when_ms, "upserts": [],
+            "deletes": [], "forget": [], "invalidate": [], "relations": [], "history": []}
+
+
+def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
+               old_text: str | None) -> None:
+    """Plan storing a record (ADD or UPDATE) and its history row."""
+    plan["upserts"].append({"record": record.__dict__, "vector": vector.tolist()})
+    plan["history"].append({"id": f"{plan['id']}:{len(plan['history'])}", "memory_id": record.id,
+                            "user_id": record.user_id, "event": event, "old_memory": old_text,
+                            "new_memory": record.text, "actor": plan["actor"], "created_at": _iso(plan["time"])})
+
+
+def add_delete(plan: dict[str, Any], record: MemoryRecord) -> None:
+    """Plan removing a superseded record from search (its history stays; its relations are invalidated)."""
+    plan["deletes"].append(record.id)
+    plan["history"].append({"id": f"{plan['id']}:{len(plan['history'])}", "memory_id": record.id,
+                            "user_id": record.user_id, "event": "DELETE", "old_memory": record.text,
+                            "new_memory": None, "actor": plan["actor"], "created_at": _iso(plan["time"])})
+
+
+def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[MemoryRecord],
+                    shown_relations: list[Relation], template: MemoryRecord, vectors: dict[str, np.ndarray],
+                    existing_hashes: set[str]) -> list[dict[str, Any]]:
+    """Fill a plan from the model's decisions; return the public `results` list.
+
+    `vectors` maps every memory text and entity name of the answer to its embedding; `template` carries the
+    scope and times of new records; duplicates of remembered texts become NONE events.
+    """
+    results: list[dict[str, Any]] = []
+    types = {e.name.strip(): e.type for e in result.entities}
+    touched: set[int] = set()
+    for op in result.memories:
+        if op.event != "ADD" and op.id in touched:
+            continue  # one decision per existing memory: the first wins
+        text = (op.text or "").strip()
+        if op.event == "DELETE":
+            old = shown[op.id]
+            touched.add(op.id)
+            add_delete(plan, old)
+            results.append({"id": old.id, "memory": old.text, "event": "DELETE"})
+            continue
+        digest = text_hash(text)
+        if op.event == "ADD" and digest in existing_hashes:
+            twin = next((m for m in shown if m.hash == digest), None)
+            results.append({"id": twin.id if twin else None, "memory": text, "event": "NONE"})
+            continue
+        if op.event == "UPDATE":
+            old = shown[op.id]
+            touched.add(op.id)
+            if old.hash == digest:
+                results.append({"id": old.id, "memory": old.text, "event": "NONE"})
+                continue
+            record = MemoryRecord(**{**old.__dict__, "text": text, "hash": digest, "updated_at": plan["time"],
+                                     "event_time": template.event_time})
+            add_upsert(plan, record, vectors[text], "UPDATE", old.text)
+            results.append({"id": record.id, "memory": text, "event": "UPDATE", "previous_memory": old.text})
+        else:
+            record = MemoryRecord(**{**template.__dict__, "id": str(uuid.uuid4()), "text": text, "hash": digest})
+            add_upsert(plan, record, vectors[text], "ADD", None)
+            results.append({"id": record.id, "memory": text, "event": "ADD"})
+        existing_hashes.add(digest)
+        for rel in op.relations:
+            plan["relations"].append({
+                "source": rel.source.strip(), "source_type": types.get(rel.source.strip(), "thing"),
+                "relationship": _relation_type(rel.relationship), "destination": rel.destination.strip(),
+                "destination_type": types.get(rel.destination.strip(), "thing"), "memory_id": record.id})
+    plan["invalidate"].extend(shown_relations[i].id for i in result.invalidated_relations)
+    plan["invalidate"] = list(dict.fromkeys(plan["invalidate"]))
+    for rel in plan["relations"]:
+        for end in ("source", "destination"):
+            vector = vectors.get(rel[end])
+            rel[f"{end}_vector"] = vector.tolist() if vector is not None else None
+    return results
+
+
+def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History) -> None:
+    """Apply a plan to Milvus, Kuzu and history; every step is idempotent, so replaying is safe."""
+    user_id = plan["user_id"]
+    when = datetime.fromtimestamp(plan["time"] / 1000, UTC)
+    if plan["upserts"]:
+        records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
+        vector_store.upsert(records, np.asarray([u["vector"] for u in plan["upserts"]], dtype=np.float32))
+    if plan["deletes"]:
+        vector_store.delete(plan["deletes"], user_id)
+        graph.invalidate_memories(user_id, plan["deletes"], when)
+    if plan["forget"]:
+        vector_store.delete(plan["forget"], user_id)
+        graph.forget_memories(user_id, plan["forget"])
+        history.erase_memories(plan["forget"])
+    if plan["invalidate"]:
+        graph.invalidate(plan["invalidate"], when)
+    for rel in plan["relations"]:
+        source = graph.resolve_entity(user_id, rel["source"], rel["source_type"], _array(rel["source_vector"]))
+        destination = graph.resolve_entity(user_id, rel["destination"], rel["destination_type"],
+                                           _array(rel["destination_vector"]))
+        graph.add_relation(user_id, source, rel["relationship"], destination, rel["memory_id"], when)
+    if plan["history"]:
+        history.record(plan["history"])
+
+
+def _relation_type(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").split())[:100] or "related_to"
+
+
+def _array(values: list[float] | None) -> np.ndarray | None:
+    return np.asarray(values, dtype=np.float32) if values else None
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
