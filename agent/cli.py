@@ -1,0 +1,274 @@
+"""The terminal chat: `python -m agent --user alice`.
+
+Streams replies, shows (dimmed) what was recalled, and offers /memories, /forget, /graph, /recall and /help.
+With piped standard input it prints one plain reply per input line, without colours. Every failure is one
+line; quitting (quit, exit, bye, Ctrl-D, Ctrl-C) finishes pending memory writes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agent.context import Context
+from agent.offline import OFFLINE_NOTICE
+from agent.settings import AgentRuntime, build_runtime
+from agent.writer import Exchange
+from memory import MemoryLayerError
+from memory.errors import one_line
+
+MAX_INPUT_CHARS = 20_000
+QUIT_WORDS = {"quit", "exit", "bye"}
+HELP = """Commands:
+  /memories        what I remember about you, newest first
+  /forget <id>     forget one memory (an id or its first characters, as /memories shows)
+  /forget all      forget everything about you (asks for confirmation)
+  /graph           the entities and relations I know about you
+  /recall          show or hide the recalled memories before each reply
+  /help            this help
+  quit, exit, bye, Ctrl-D or Ctrl-C end the session."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m agent", description="Chat with an assistant that remembers you "
+                                     "across sessions (memories in Milvus, entities and relations in Kuzu).")
+    parser.add_argument("--user", default=None, help="whose memories to use (default: your login name)")
+    parser.add_argument("--data-dir", default=None, help="where embedded data lives (default: MEMORY_DATA_DIR or "
+                        "~/.local/share/agent-memory)")
+    parser.add_argument("--model", default=None, help="chat model name (default: LLM_MODEL or gpt-4o-mini)")
+    parser.add_argument("--env-file", default=None, help="read settings from this file instead of ./.env")
+    show = parser.add_mutually_exclusive_group()
+    show.add_argument("--show-recall", dest="show_recall", action="store_true", default=None,
+                      help="show recalled memories before each reply (default on a terminal)")
+    show.add_argument("--hide-recall", dest="show_recall", action="store_false", help="do not show them")
+    parser.add_argument("--recall-limit", type=int, default=8, help="memories recalled per turn (default 8)")
+    return parser.parse_args(argv)
+
+
+class Chat:
+    """One interactive (or piped) chat session."""
+
+    def __init__(self, runtime: AgentRuntime, console: Console, user_id: str, interactive: bool,
+                 show_recall: bool, recall_limit: int) -> None:
+        self.runtime = runtime
+        self.console = console
+        self.user_id = user_id
+        self.interactive = interactive
+        self.show_recall = show_recall
+        self.context = Context(user_id=user_id, recall_limit=recall_limit)
+        self.thread = {"configurable": {"thread_id": str(uuid.uuid4())}}
+
+    # -- input ----------------------------------------------------------------------------------------------
+    def lines(self) -> Iterator[str]:
+        """User input until end of input."""
+        while True:
+            try:
+                line = self.console.input("[bold cyan]You[/]: ") if self.interactive else sys.stdin.readline()
+            except EOFError:
+                return
+            if not self.interactive and line == "":
+                return
+            yield line
+
+    def run(self) -> None:
+        """The read-reply loop."""
+        for raw in self.lines():
+            text = _CONTROL.sub("", raw).strip()
+            if not text:
+                continue
+            if text.lower() in QUIT_WORDS:
+                break
+            if text.startswith("/"):
+                self.command(text)
+                continue
+            if len(text) > MAX_INPUT_CHARS:
+                self.say_error(f"That message is {len(text):,} characters long; the limit is {MAX_INPUT_CHARS:,}.")
+                continue
+            self.turn(text)
+
+    # -- one turn -------------------------------------------------------------------------------------------
+    def turn(self, text: str) -> None:
+        """Recall, reply (streamed), memorize in the background."""
+        printed = False
+        try:
+            stream = self.runtime.graph.stream({"messages": [HumanMessage(text)]}, self.thread, context=self.context,
+                                               stream_mode=["messages", "updates"])
+            for mode, payload in stream:
+                if mode == "updates":
+                    printed = self._on_update(payload, printed)
+                    continue
+                chunk, meta = payload
+                if meta.get("langgraph_node") == "respond" and isinstance(chunk, AIMessageChunk) and chunk.content:
+                    if not printed:
+                        self.console.print("[bold green]Assistant[/]: ", end="")
+                        printed = True
+                    self.console.print(escape(str(chunk.content)), end="", soft_wrap=True)
+        except KeyboardInterrupt:
+            self.console.print()
+            self.runtime.writer.submit(Exchange(self.user_id, [{"role": "user", "content": text}], infer=False,
+                                                metadata={"source": "interrupted"}))
+            raise
+        except MemoryLayerError as exc:
+            self.say_error(one_line(exc))
+        if printed:
+            self.console.print()
+
+    def _on_update(self, update: dict, printed: bool) -> bool:
+        if "recall" in update and self.show_recall:
+            recalled = (update["recall"] or {}).get("recalled", [])
+            for memory in recalled:
+                self.console.print(f"  [dim]· recalled: {escape(memory['memory'])}[/]")
+        if "respond" in update:
+            reply = (update["respond"] or {}).get("messages", [None])[-1]
+            if isinstance(reply, AIMessage) and reply.additional_kwargs.get("error"):
+                self.say_error(str(reply.content))
+                return printed
+            if isinstance(reply, AIMessage) and not printed:  # a model that does not stream
+                self.console.print(f"[bold green]Assistant[/]: {escape(str(reply.content))}", end="")
+                return True
+        return printed
+
+    # -- commands -------------------------------------------------------------------------------------------
+    def command(self, text: str) -> None:
+        """Run a /command."""
+        name, _, arg = text.partition(" ")
+        arg = arg.strip()
+        try:
+            if name == "/help":
+                self.console.print(HELP, markup=False)
+            elif name == "/memories":
+                self.list_memories()
+            elif name == "/forget" and arg == "all":
+                self.forget_all()
+            elif name == "/forget" and arg:
+                self.forget(arg)
+            elif name == "/graph":
+                self.show_graph()
+            elif name == "/recall":
+                self.show_recall = not self.show_recall
+                self.console.print(f"Recalled memories are now {'shown' if self.show_recall else 'hidden'}.")
+            else:
+                self.say_error(f"Unknown command {name!r}; type /help.")
+        except MemoryLayerError as exc:
+            self.say_error(one_line(exc))
+
+    def list_memories(self) -> None:
+        """What is remembered about this user, newest first."""
+        self.runtime.writer.wait(timeout=120)
+        memories = self.runtime.memory.get_all(user_id=self.user_id, limit=200)["results"]
+        if not memories:
+            self.console.print("I don't remember anything about you yet.")
+            return
+        table = Table(title=f"What I remember about {escape(self.user_id)}", show_lines=False)
+        table.add_column("id", style="dim", no_wrap=True)
+        table.add_column("memory")
+        table.add_column("updated", style="dim", no_wrap=True)
+        for memory in memories:
+            table.add_row(memory["id"][:8], escape(memory["memory"]), (memory["updated_at"] or "")[:16])
+        self.console.print(table)
+
+    def forget(self, prefix: str) -> None:
+        """Forget the one memory whose id starts with `prefix`."""
+        self.runtime.writer.wait(timeout=120)
+        memories = self.runtime.memory.get_all(user_id=self.user_id, limit=100_000)["results"]
+        matches = [m for m in memories if m["id"].startswith(prefix)]
+        if len(matches) != 1:
+            self.say_error(f"No memory of yours has an id starting with {prefix!r}." if not matches else
+                           f"{len(matches)} memories start with {prefix!r}; give more characters.")
+            return
+        self.runtime.memory.delete(matches[0]["id"])
+        self.console.print(f"Forgotten: {escape(matches[0]['memory'])}")
+
+    def forget_all(self) -> None:
+        """Forget everything about this user, after confirmation."""
+        self.runtime.writer.wait(timeout=120)
+        prompt = f"Forget everything about {self.user_id}? This cannot be undone. [y/N] "
+        if self.interactive:
+            answer = self.console.input(escape(prompt))
+        else:
+            self.console.print(prompt, markup=False)
+            answer = sys.stdin.readline()
+        if answer.strip().lower() not in {"y", "yes"}:
+            self.console.print("Kept everything.")
+            return
+        result = self.runtime.memory.delete_all(user_id=self.user_id)
+        self.console.print(f"Forgot everything ({result['deleted']} memories, the graph and the history).")
+
+    def show_graph(self) -> None:
+        """The user's entities and current relations."""
+        self.runtime.writer.wait(timeout=120)
+        relations = self.runtime.memory.relations(user_id=self.user_id, limit=500)
+        if not relations:
+            self.console.print("No entities or relations yet.")
+            return
+        table = Table(title=f"What I know about {escape(self.user_id)}'s world")
+        for column in ("source", "relationship", "destination", "since"):
+            table.add_column(column)
+        for rel in relations:
+            table.add_row(escape(rel["source"]), rel["relationship"], escape(rel["destination"]),
+                          (rel["valid_from"] or "")[:10])
+        self.console.print(table)
+
+    def say_error(self, message: str) -> None:
+        """One line, in yellow on a terminal."""
+        self.console.print(f"[yellow]{escape(message)}[/]")
+
+    # -- ending ---------------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Write what is pending (with a spinner), then close; a second Ctrl-C stores it verbatim instead."""
+        writer = self.runtime.writer
+        try:
+            if writer.pending:
+                with self.console.status("Saving memories…"):
+                    writer.wait()
+        except KeyboardInterrupt:
+            saved = writer.drain_verbatim()
+            self.console.print(f"Saved {saved} pending message(s) verbatim.")
+        self.runtime.memory.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m agent`."""
+    args = parse_args(argv)
+    interactive = sys.stdin.isatty()
+    if not interactive and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
+    console = Console(highlight=False) if interactive and sys.stdout.isatty() else Console(
+        no_color=True, highlight=False, force_terminal=False, soft_wrap=True, emoji=False)
+    user_id = args.user or getpass.getuser() or "default"
+    if args.env_file:
+        from agent.settings import load_env
+
+        load_env(args.env_file)
+    try:
+        runtime = build_runtime(data_dir=args.data_dir, chat_model=args.model,
+                                on_error=lambda message: console.print(f"[yellow]{escape(message)}[/]"))
+    except MemoryLayerError as exc:
+        console.print(f"[red]error:[/] {escape(one_line(exc) if not str(exc) else str(exc))}")
+        return 2
+    show_recall = interactive if args.show_recall is None else args.show_recall
+    chat = Chat(runtime, console, user_id, interactive, show_recall, args.recall_limit)
+    if runtime.offline:
+        console.print(f"[yellow]{escape(OFFLINE_NOTICE)}[/]")
+    if interactive:
+        console.print(f"Hello {escape(user_id)}! Type /help for commands, quit to leave.")
+    try:
+        chat.run()
+    except KeyboardInterrupt:
+        console.print("[dim](interrupted)[/]")
+    finally:
+        chat.finish()
+    if interactive:
+        console.print("Goodbye — I'll remember.")
+    return 0

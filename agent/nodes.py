@@ -1,0 +1,106 @@
+"""The three nodes of the chat graph: recall, respond, memorize.
+
+Each is built by a factory that receives its collaborators (the memory, the chat model, the writer), so tests
+and other applications inject their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from agent.context import Context
+from agent.state import State
+from agent.writer import Exchange, MemoryWriter
+from memory import Memory, MemoryLayerError
+from memory.errors import one_line
+from prompts import load
+
+log = logging.getLogger(__name__)
+NodeFn = Callable[[State, Runtime[Context]], dict[str, Any]]
+
+
+def make_recall(memory: Memory, writer: MemoryWriter | None) -> NodeFn:
+    """Recall: search the memory for the latest user message (memories and graph relations)."""
+
+    def recall(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        if writer is not None:
+            writer.wait(timeout=120)  # the previous turn's memories must be visible to this one
+        query = _latest_user_text(state)
+        try:
+            found = memory.search(query, user_id=runtime.context.user_id, limit=runtime.context.recall_limit,
+                                  threshold=runtime.context.recall_min_score)
+        except MemoryLayerError as exc:
+            log.warning("recall failed: %s", one_line(exc))
+            found = {"results": [], "relations": []}
+        return {"recalled": found["results"], "relations": found["relations"]}
+
+    return recall
+
+
+def make_respond(model: BaseChatModel) -> NodeFn:
+    """Respond: the chat model answers, with the recalled memories quoted in the system prompt."""
+
+    def respond(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        system = SystemMessage(system_prompt(state.get("recalled", []), state.get("relations", [])))
+        recent = _recent(state["messages"], runtime.context.history_messages)
+        try:
+            reply = model.invoke([system, *recent])
+        except Exception as exc:  # any endpoint fault becomes one line in the chat; the session goes on
+            return {"messages": [AIMessage(f"⚠ The language model failed: {one_line(exc)}",
+                                           additional_kwargs={"error": True})], "reply_failed": True}
+        return {"messages": [AIMessage(content=reply.content, id=reply.id)], "reply_failed": False}
+
+    return respond
+
+
+def make_memorize(writer: MemoryWriter, infer: bool) -> NodeFn:
+    """Memorize: hand the exchange to the background writer (off the reply path)."""
+
+    def memorize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        text = _latest_user_text(state)
+        if not infer and text.rstrip().endswith(("?", "？")):
+            return {}  # offline, words are stored as said: a question states no fact worth keeping
+        messages = [{"role": "user", "content": text}]
+        last = state["messages"][-1]
+        if isinstance(last, AIMessage) and not state.get("reply_failed"):
+            messages.append({"role": "assistant", "content": str(last.content)})
+        writer.submit(Exchange(user_id=runtime.context.user_id, messages=messages, infer=infer))
+        return {}
+
+    return memorize
+
+
+def system_prompt(recalled: list[dict[str, Any]], relations: list[dict[str, Any]]) -> str:
+    """The respond prompt: memories and relations quoted as data (JSON strings), never as instructions."""
+    lines = []
+    for memory in recalled:
+        when = (memory.get("event_time") or memory.get("updated_at") or "")[:10]
+        lines.append(f"- {json.dumps(memory['memory'], ensure_ascii=False)}" + (f" ({when})" if when else ""))
+    for relation in relations:
+        triple = f"{relation['source']} -{relation['relationship']}-> {relation['destination']}"
+        lines.append(f"- {json.dumps(triple, ensure_ascii=False)} (graph)")
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    return load("respond").format(today=today, memories="\n".join(lines) or "(nothing recalled)")
+
+
+def _latest_user_text(state: State) -> str:
+    for message in reversed(state["messages"]):
+        if isinstance(message, HumanMessage):
+            return str(message.content)
+    return ""
+
+
+def _recent(messages: list[BaseMessage], limit: int) -> list[BaseMessage]:
+    """The last `limit` messages, starting at a user message, without earlier error notices."""
+    kept = [m for m in messages if not m.additional_kwargs.get("error")][-limit:]
+    while kept and not isinstance(kept[0], HumanMessage):
+        kept.pop(0)
+    return kept

@@ -1,0 +1,52 @@
+"""The chat model used when no language model is configured: it answers from the recalled memories only.
+
+It reads the same system prompt a real model gets, so what it says is exactly what recall put there. A new
+user on a fresh machine sees memory work in their first minute, with no API key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+OFFLINE_NOTICE = ("No language model is configured, so replies are offline: I remember what you say and answer "
+                  "with what I recall. Set OPENAI_API_KEY (and OPENAI_BASE_URL, LLM_MODEL) in .env for real replies.")
+
+
+class OfflineChatModel(BaseChatModel):
+    """Answers by listing the memories recalled into its system prompt."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "offline-recall"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        system = next((m.content for m in messages if isinstance(m, SystemMessage)), "")
+        recalled = recalled_notes(str(system))
+        if recalled:
+            text = "(offline) Here is what I remember that may help:\n" + "\n".join(f"- {n}" for n in recalled)
+        else:
+            text = "(offline) I don't remember anything about that yet, but I'll remember what you told me."
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+
+def recalled_notes(system_prompt: str) -> list[str]:
+    """The memory texts quoted inside the prompt's <memories> block."""
+    block = re.search(r"<memories>\n(.*?)\n</memories>", system_prompt, re.DOTALL)
+    if not block:
+        return []
+    notes = []
+    for line in block.group(1).splitlines():
+        quoted = re.match(r'- (".*")(?: \(.*\))?$', line)
+        if quoted:
+            try:
+                notes.append(json.loads(quoted.group(1)))
+            except json.JSONDecodeError:
+                continue
+    return notes
