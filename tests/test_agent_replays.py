@@ -1,0 +1,75 @@
+"""Scripted conversation replays (tests/replays/*.yaml) through the real graph and real stores.
+
+Each replay is a list of sessions; each session reopens the stores (as a new run of the chat would) and plays
+its user turns through recall -> respond -> memorize. The chat model and the memory's extraction model are
+scripted with the replay's answers; everything else is real. Expectations: what the memory holds afterwards,
+and what the prompt sent to the chat model must and must not contain.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import ScriptedModel, make_memory, scripted
+from langchain_core.messages import HumanMessage
+
+from agent.context import Context
+from agent.graph import build_graph
+from agent.offline import OfflineChatModel
+from agent.writer import MemoryWriter
+
+REPLAYS = sorted((Path(__file__).parent / "replays").glob("*.yaml"))
+
+
+def run_session(data_dir: Path, session: dict[str, Any], offline: bool) -> None:
+    """Play one session's turns against freshly opened stores, checking each turn's prompt and reply."""
+    extractor = None if offline else scripted()
+    chat: ScriptedModel | OfflineChatModel = OfflineChatModel() if offline else scripted()
+    memory = make_memory(data_dir, extractor)
+    writer = MemoryWriter(memory)
+    graph = build_graph(memory, chat, writer, infer=not offline)
+    thread = {"configurable": {"thread_id": "replay"}}
+    try:
+        for turn in session["turns"]:
+            if not offline:
+                chat.push(turn["reply"])
+                extractor.push(json.dumps(turn.get("extract", {"memories": []}), ensure_ascii=False))
+            state = graph.invoke({"messages": [HumanMessage(turn["say"])]}, thread,
+                                 context=Context(user_id=session["user"]))
+            writer.wait()
+            reply = str(state["messages"][-1].content)
+            for expected in turn.get("reply_contains", []):
+                assert expected in reply, f"reply {reply!r} lacks {expected!r}"
+            if offline:
+                continue
+            prompt = str(chat.calls[-1][0].content)
+            for expected in turn.get("prompt_contains", []):
+                assert expected in prompt, f"prompt for {turn['say']!r} lacks {expected!r}:\n{prompt}"
+            for unwanted in turn.get("prompt_excludes", []):
+                assert unwanted not in prompt, f"prompt for {turn['say']!r} has {unwanted!r}:\n{prompt}"
+        if not offline:
+            assert len(extractor.calls) == len(session["turns"]), "one extraction call per turn"
+    finally:
+        writer.close()
+        memory.close()
+
+
+@pytest.mark.parametrize("path", REPLAYS, ids=[p.stem for p in REPLAYS])
+def test_replay(path: Path, tmp_path: Path) -> None:
+    """The replay's sessions run and every expectation holds."""
+    replay = yaml.safe_load(path.read_text(encoding="utf-8"))
+    offline = bool(replay.get("offline"))
+    for session in replay["sessions"]:
+        run_session(tmp_path, session, offline)
+    memory = make_memory(tmp_path)
+    try:
+        for expectation in replay.get("expect", []):
+            held = {m["memory"] for m in memory.get_all(user_id=expectation["user"])["results"]}
+            assert set(expectation.get("memories", [])) <= held, f"{expectation['user']} holds {held}"
+            assert not set(expectation.get("absent", [])) & held, f"{expectation['user']} holds {held}"
+    finally:
+        memory.close()
