@@ -71,7 +71,9 @@ def metadata_filter(filters: dict[str, Any] | None) -> str:
             raise InputError(f"filter key {key!r} must be a plain identifier (letters, digits, _)")
         field = f'metadata["{key}"]'
         if isinstance(value, dict) and set(value) == {"in"} and isinstance(value["in"], list):
-            parts.append(f"{field} in [{', '.join(literal(v) for v in value['in'])}]")
+            # spelled as `==` alternatives: Milvus Lite refuses `in` on a JSON path
+            options = " or ".join(f"{field} == {literal(v)}" for v in value["in"])
+            parts.append(f"({options})" if options else "false")
         else:
             parts.append(f"{field} == {literal(value)}")
     return " and ".join(parts)

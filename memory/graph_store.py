@@ -51,7 +51,8 @@ class GraphStore(Protocol):
     def add_relation(self, user_id: str, source_id: str, rel_type: str, destination_id: str, memory_id: str,
                      valid_from: datetime) -> str: ...
     def invalidate(self, relation_ids: list[str], valid_to: datetime) -> None: ...
-    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime) -> None: ...
+    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime,
+                            keep: set[str] | frozenset[str] = frozenset()) -> None: ...
     def entities(self, user_id: str) -> list[Entity]: ...
     def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
                   limit: int = 100) -> list[Relation]: ...
@@ -95,7 +96,7 @@ class KuzuGraphStore:
     def resolve_entity(self, user_id: str, name: str, type_: str, embedding: np.ndarray | None) -> str:
         """The id of this user's node for `name`, creating it when no existing node is the same entity."""
         norm = normalize_text(name)
-        if norm in USER_ALIASES or name.strip().upper() == "USER" or name == user_id:
+        if names_user(name):
             return self.user_node(user_id)
         with self._lock:
             known = self.entities(user_id)
@@ -149,11 +150,21 @@ class KuzuGraphStore:
             self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id AND r.valid_to IS NULL SET r.valid_to = $t",
                       {"id": rel_id, "t": _naive(valid_to)})
 
-    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime) -> None:
-        """Invalidate the current relations that these (superseded) memories stated."""
-        rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u AND r.valid_to IS NULL AND "
-                         "size(list_intersect(r.memory_ids, $m)) > 0 RETURN r.id", {"u": user_id, "m": memory_ids})
-        self.invalidate([row[0] for row in rows], valid_to)
+    def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime,
+                            keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """These memories no longer state their current relations (they were superseded or rewritten): a
+        relation no other memory states is invalidated; one that others also state only loses these ids.
+        Relations in `keep` (restated by the rewritten text) are left as they are."""
+        with self._lock:
+            for rel_id, ids in self._stated_by(user_id, memory_ids, current_only=True):
+                if rel_id in keep:
+                    continue
+                remaining = [i for i in ids if i not in memory_ids]
+                if remaining:
+                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m",
+                              {"id": rel_id, "m": remaining})
+                else:
+                    self.invalidate([rel_id], valid_to)
 
     def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
                   limit: int = 100) -> list[Relation]:
@@ -173,6 +184,16 @@ class KuzuGraphStore:
                          destination_type=r[5], valid_from=_utc(r[6]), valid_to=_utc(r[7]),
                          memory_ids=list(r[8] or [])) for r in rows]
 
+    def _stated_by(self, user_id: str, memory_ids: list[str], current_only: bool) -> list[tuple[str, list[str]]]:
+        """(relation id, its memory ids) of the user's relations stated by any of these memories.
+
+        Filtered here rather than in Cypher: Kuzu 0.11 has no list intersection function."""
+        wanted = set(memory_ids)
+        rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u"
+                         + (" AND r.valid_to IS NULL" if current_only else "") + " RETURN r.id, r.memory_ids",
+                         {"u": user_id})
+        return [(row[0], list(row[1] or [])) for row in rows if wanted.intersection(row[1] or [])]
+
     # -- erasure ------------------------------------------------------------------------------------------
     def forget_memories(self, user_id: str, memory_ids: list[str]) -> None:
         """Erase what these memories contributed: edges keep only other sources; unsupported edges and
@@ -180,10 +201,7 @@ class KuzuGraphStore:
         if not memory_ids:
             return
         with self._lock:
-            rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u AND "
-                             "size(list_intersect(r.memory_ids, $m)) > 0 RETURN r.id, r.memory_ids",
-                             {"u": user_id, "m": memory_ids})
-            for rel_id, ids in rows:
+            for rel_id, ids in self._stated_by(user_id, memory_ids, current_only=False):
                 remaining = [i for i in ids or [] if i not in memory_ids]
                 if remaining:
                     self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m",
@@ -206,6 +224,11 @@ class KuzuGraphStore:
         with self._lock:
             self._conn.close()
             self._db.close()
+
+
+def names_user(name: str) -> bool:
+    """True when an entity name the model gave stands for the user themself (USER, I, me, 我...)."""
+    return normalize_text(name) in USER_ALIASES or name.strip().upper() == "USER"
 
 
 def _now() -> datetime:

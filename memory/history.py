@@ -45,6 +45,8 @@ class History:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # erased rows are overwritten on disk, not just unlinked: erasure must not leave the text behind
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
 
     def record(self, entries: list[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ from memory.config import MemoryConfig
 from memory.embeddings import embed, make_embedder
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError
 from memory.filters import check_id, combine, metadata_filter, scope_filter
-from memory.graph_store import KuzuGraphStore
+from memory.graph_store import KuzuGraphStore, names_user
 from memory.history import History
 from memory.llm import ask_structured, make_chat_model
 from memory.locking import DataDirLock
@@ -97,7 +97,7 @@ class Memory:
         with self._user_lock(user_id):
             if not infer:
                 return self._add_verbatim(turns, template)
-            return self._add_inferred(turns, template, when)
+            return self._add_inferred(turns, template, _conversation_day(timestamp, when))
 
     def _add_verbatim(self, turns: list[dict[str, str]], template: MemoryRecord) -> dict[str, Any]:
         for turn in turns:
@@ -117,7 +117,7 @@ class Memory:
         self._commit(plan)
         return {"results": results, "relations": {"added": [], "invalidated": []}}
 
-    def _add_inferred(self, turns: list[dict[str, str]], template: MemoryRecord, when: int) -> dict[str, Any]:
+    def _add_inferred(self, turns: list[dict[str, str]], template: MemoryRecord, day: str) -> dict[str, Any]:
         if self.llm is None:
             raise LLMNotConfiguredError("no language model is configured for memory extraction: set OPENAI_API_KEY "
                                         "(and OPENAI_BASE_URL / LLM_MODEL), or call add(..., infer=False)")
@@ -135,7 +135,7 @@ class Memory:
                                                limit=RELATED_RELATIONS)
         relation_lines = [f"{r.source if r.source_type != 'user' else 'USER'} -{r.relationship}-> "
                           f"{r.destination if r.destination_type != 'user' else 'USER'}" for r in shown_relations]
-        system = extract.render(_iso_date(when), [m.text for m in shown], relation_lines)
+        system = extract.render(day, [m.text for m in shown], relation_lines)
         result = ask_structured(self.llm, system, f"NEW CONVERSATION:\n{conversation}",
                                 lambda raw: extract.parse(raw, len(shown), len(shown_relations)))
         texts = [op.text.strip() for op in result.memories if op.text and op.event != "DELETE"]
@@ -147,8 +147,11 @@ class Memory:
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
         self._commit(plan)
         invalidated = [r.to_result() for r in shown_relations if r.id in set(plan["invalidate"])]
-        added = [{"source": r["source"], "relationship": r["relationship"], "destination": r["destination"]}
-                 for r in plan["relations"]]
+        def shown_name(name: str) -> str:
+            return template.user_id if names_user(name) else name
+
+        added = [{"source": shown_name(r["source"]), "relationship": r["relationship"],
+                  "destination": shown_name(r["destination"])} for r in plan["relations"]]
         return {"results": results, "relations": {"added": added, "invalidated": invalidated}}
 
     def update(self, memory_id: str, text: str) -> dict[str, Any]:
@@ -320,8 +323,15 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     return dict(metadata)
 
 
-def _iso_date(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d (%A)")
+def _conversation_day(timestamp: datetime | str | None, ms: int) -> str:
+    """The conversation's calendar day for the prompt: in the timestamp's own time zone when it has one (a
+    chat at 00:30 in Beijing is on that day there, not on the day before in UTC), else in UTC."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    if isinstance(timestamp, str):
+        timestamp = datetime.fromisoformat(timestamp.strip().replace("Z", "+00:00"))
+    if isinstance(timestamp, datetime) and timestamp.tzinfo is not None:
+        moment = moment.astimezone(timestamp.tzinfo)
+    return moment.strftime("%Y-%m-%d (%A)")
 
 
 __all__ = ["Memory"]

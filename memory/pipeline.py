@@ -23,7 +23,7 @@ from prompts.extract import ExtractionResult
 def new_plan(user_id: str, actor: str, when_ms: int) -> dict[str, Any]:
     """An empty plan for one user."""
     return {"id": str(uuid.uuid4()), "user_id": user_id, "actor": actor, "time": when_ms, "upserts": [],
-            "deletes": [], "forget": [], "invalidate": [], "relations": [], "history": []}
+            "deletes": [], "forget": [], "invalidate": [], "relations": [], "rewritten": [], "history": []}
 
 
 def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
@@ -52,6 +52,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
     scope and times of new records; duplicates of remembered texts become NONE events.
     """
     results: list[dict[str, Any]] = []
+    plan["valid_time"] = template.event_time  # relations start (and stop) being true when the conversation says so
     types = {e.name.strip(): e.type for e in result.entities}
     touched: set[int] = set()
     for op in result.memories:
@@ -78,6 +79,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
             record = MemoryRecord(**{**old.__dict__, "text": text, "hash": digest, "updated_at": plan["time"],
                                      "event_time": template.event_time})
             add_upsert(plan, record, vectors[text], "UPDATE", old.text)
+            plan["rewritten"].append(old.id)
             results.append({"id": record.id, "memory": text, "event": "UPDATE", "previous_memory": old.text})
         else:
             record = MemoryRecord(**{**template.__dict__, "id": str(uuid.uuid4()), "text": text, "hash": digest})
@@ -101,7 +103,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
 def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History) -> None:
     """Apply a plan to Milvus, Kuzu and history; every step is idempotent, so replaying is safe."""
     user_id = plan["user_id"]
-    when = datetime.fromtimestamp(plan["time"] / 1000, UTC)
+    when = datetime.fromtimestamp((plan.get("valid_time") or plan["time"]) / 1000, UTC)
     if plan["upserts"]:
         records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
         vector_store.upsert(records, np.asarray([u["vector"] for u in plan["upserts"]], dtype=np.float32))
@@ -114,11 +116,15 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
         history.erase_memories(plan["forget"])
     if plan["invalidate"]:
         graph.invalidate(plan["invalidate"], when)
+    restated = set()
     for rel in plan["relations"]:
         source = graph.resolve_entity(user_id, rel["source"], rel["source_type"], _array(rel["source_vector"]))
         destination = graph.resolve_entity(user_id, rel["destination"], rel["destination_type"],
                                            _array(rel["destination_vector"]))
-        graph.add_relation(user_id, source, rel["relationship"], destination, rel["memory_id"], when)
+        restated.add(graph.add_relation(user_id, source, rel["relationship"], destination, rel["memory_id"], when))
+    if plan.get("rewritten"):
+        # an updated memory no longer states what its old text said, unless the new text says it again
+        graph.invalidate_memories(user_id, plan["rewritten"], when, keep=restated)
     if plan["history"]:
         history.record(plan["history"])
 

@@ -7,7 +7,6 @@ written in the test, and whose text goes through the same parsing code as a real
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,18 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from memory import Memory, MemoryConfig  # noqa: E402
+from memory import Memory, MemoryConfig
 
 
 class ScriptedModel(BaseChatModel):
     """A chat model that answers from a queue of scripted texts and records every prompt it was sent."""
 
-    replies: list[str] = []
-    calls: list[list[BaseMessage]] = []
+    replies: list[str] = Field(default_factory=list)
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:

@@ -1,0 +1,347 @@
+"""A memory's life on real Milvus Lite and Kuzu: contradiction, duplicate, update, delete, delete_all, history,
+reset, recency, Chinese keyword search, and users that never see each other (odd ids included).
+
+Each test gets fresh stores in a temporary directory; the model is scripted and reads its prompt
+(`replays_memory.PromptReadingModel`), so an answer can update "the memory shown as 'Likes badminton'".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from replays_memory import (
+    PromptReadingModel,
+    add_op,
+    answer,
+    delete_op,
+    fresh_memory,
+    reading_model,
+    shown_items,
+    update_op,
+)
+
+from memory import InputError, Memory, NotFoundError, SearchRecipe
+
+LIKES_BADMINTON = answer([add_op("Likes badminton", ("USER", "likes", "badminton"))], {"badminton": "activity"})
+
+
+@pytest.fixture
+def model() -> PromptReadingModel:
+    """The scripted model of this module's `mem`: it reads ids off the prompt."""
+    return reading_model()
+
+
+@pytest.fixture
+def mem(data_dir: Path, model: PromptReadingModel) -> Iterator[Memory]:
+    """A Memory on fresh, empty embedded stores, with the prompt-reading scripted model as its LLM."""
+    with fresh_memory(data_dir, model) as memory:
+        yield memory
+
+
+def triples(relations: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Relations as (source, relationship, destination)."""
+    return [(r["source"], r["relationship"], r["destination"]) for r in relations]
+
+
+def texts(found: dict[str, Any]) -> list[str]:
+    """The memory texts of a search or get_all answer, in order."""
+    return [r["memory"] for r in found["results"]]
+
+
+# -- contradiction -------------------------------------------------------------------------------------------
+def test_contradiction_invalidates_the_old_relation_even_when_the_model_does_not_list_it(
+        mem: Memory, model: PromptReadingModel) -> None:
+    model.push(LIKES_BADMINTON,
+               answer([update_op("Likes badminton", "Dislikes badminton", ("USER", "dislikes", "badminton"))],
+                      {"badminton": "activity"}))  # no invalidated_relations: models forget them
+    liked = mem.add("I like badminton", user_id="u")["results"][0]
+    mem.add("I dislike badminton", user_id="u")
+
+    found = mem.search("Do I like badminton?", user_id="u")
+    assert texts(found)[0] == "Dislikes badminton" and "Likes badminton" not in texts(found)
+    assert triples(found["relations"]) == [("u", "dislikes", "badminton")]
+    old = [r for r in mem.relations(user_id="u", include_invalid=True) if r["relationship"] == "likes"]
+    assert len(old) == 1 and old[0]["valid_to"] is not None
+    assert [h["new_memory"] for h in mem.history(liked["id"])] == ["Likes badminton", "Dislikes badminton"]
+
+
+def test_contradiction_as_delete_and_add_keeps_the_old_fact_in_history(mem: Memory,
+                                                                       model: PromptReadingModel) -> None:
+    model.push(LIKES_BADMINTON,
+               answer([delete_op("Likes badminton"),
+                       add_op("Dislikes badminton", ("USER", "dislikes", "badminton"))], {"badminton": "activity"}))
+    liked = mem.add("I like badminton", user_id="u")["results"][0]
+    second = mem.add("I dislike badminton", user_id="u")
+    assert [r["event"] for r in second["results"]] == ["DELETE", "ADD"]
+
+    found = mem.search("badminton", user_id="u")
+    assert texts(found) == ["Dislikes badminton"]
+    assert mem.get(liked["id"]) is None
+    assert [(h["event"], h["old_memory"], h["new_memory"]) for h in mem.history(liked["id"])] == [
+        ("ADD", None, "Likes badminton"), ("DELETE", "Likes badminton", None)]
+    every = {triples([r])[0]: r["valid_to"] for r in mem.relations(user_id="u", include_invalid=True)}
+    assert every[("u", "likes", "badminton")] is not None
+    assert every[("u", "dislikes", "badminton")] is None
+
+
+def test_a_relation_other_memories_still_state_stays_current(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Friend John enjoys hiking", ("John", "likes", "hiking"))]),
+               answer([add_op("Went hiking with John, who loves it", ("John", "likes", "hiking"))]),
+               answer([delete_op("Friend John enjoys hiking")]))
+    mem.add("My friend John enjoys hiking", user_id="u")
+    mem.add("I went hiking with John, he loves it", user_id="u")
+    mem.add("Forget what I said about John enjoying hiking, I mixed him up with someone", user_id="u")
+    assert ("John", "likes", "hiking") in triples(mem.relations(user_id="u"))
+
+
+# -- duplicate, update, history ------------------------------------------------------------------------------
+def test_duplicate_fact_is_remembered_once(mem: Memory, model: PromptReadingModel) -> None:
+    name = answer([add_op("Name is Alice", ("USER", "has_name", "Alice"))], {"Alice": "person"})
+    model.push(name, name)  # the model repeats the fact instead of leaving it out
+    first = mem.add("My name is Alice", user_id="alice123")["results"]
+    second = mem.add("My name is Alice", user_id="alice123")["results"]
+    assert [r["event"] for r in first] == ["ADD"]
+    assert [(r["event"], r["id"]) for r in second] == [("NONE", first[0]["id"])]
+    assert texts(mem.get_all(user_id="alice123")) == ["Name is Alice"]
+    assert triples(mem.relations(user_id="alice123", include_invalid=True)) == [("alice123", "has_name", "Alice")]
+    assert [h["event"] for h in mem.history(first[0]["id"])] == ["ADD"]
+
+
+def test_update_by_hand_replaces_the_text_everywhere(mem: Memory) -> None:
+    added = mem.add("Lives in Paris", user_id="u", infer=False)["results"][0]
+    mem.add("Works as a baker", user_id="u", infer=False)
+    updated = mem.update(added["id"], "Lives in Lyon")
+    assert updated == {"id": added["id"], "memory": "Lives in Lyon", "event": "UPDATE",
+                       "previous_memory": "Lives in Paris"}
+    assert mem.get(added["id"])["memory"] == "Lives in Lyon"
+    found = mem.search("Where do I live?", user_id="u")
+    assert texts(found)[0] == "Lives in Lyon" and "Lives in Paris" not in texts(found)
+    assert texts(mem.search("Paris", user_id="u")).count("Lives in Paris") == 0
+    assert sorted(texts(mem.get_all(user_id="u"))) == ["Lives in Lyon", "Works as a baker"]
+    with pytest.raises(NotFoundError):
+        mem.update("no-such-id", "x")
+    with pytest.raises(InputError):
+        mem.update(added["id"], "   ")
+    assert mem.get(added["id"])["memory"] == "Lives in Lyon"
+
+
+def test_history_records_every_change_oldest_first(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Has a dog named Rex")]),
+               answer([update_op("Has a dog named Rex", "Has a beagle named Rex")]))
+    memory_id = mem.add("I have a dog, Rex", user_id="u")["results"][0]["id"]
+    mem.add("Rex is a beagle", user_id="u")
+    mem.update(memory_id, "Has a beagle named Rex, 3 years old")
+    history = mem.history(memory_id)
+    assert [(h["event"], h["old_memory"], h["new_memory"], h["actor"]) for h in history] == [
+        ("ADD", None, "Has a dog named Rex", "llm"),
+        ("UPDATE", "Has a dog named Rex", "Has a beagle named Rex", "llm"),
+        ("UPDATE", "Has a beagle named Rex", "Has a beagle named Rex, 3 years old", "user")]
+    times = [h["created_at"] for h in history]
+    assert times == sorted(times)
+    assert all(h["memory_id"] == memory_id and h["user_id"] == "u" for h in history)
+
+
+# -- erasure -------------------------------------------------------------------------------------------------
+def test_delete_erases_the_text_and_the_relations_only_it_supported(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Friend John has a dog named Tommy", ("USER", "friend_of", "John"),
+                              ("John", "owns", "Tommy"))], {"John": "person", "Tommy": "animal"}),
+               answer([add_op("Friend John enjoys hiking", ("USER", "friend_of", "John"),
+                              ("John", "likes", "hiking"))], {"John": "person", "hiking": "activity"}))
+    dog = mem.add("My friend John has a dog named Tommy", user_id="u")["results"][0]["id"]
+    hiking = mem.add("John enjoys hiking", user_id="u")["results"][0]["id"]
+
+    assert mem.delete(dog)
+    assert mem.get(dog) is None
+    assert mem.history(dog) == []
+    assert "Friend John has a dog named Tommy" not in texts(mem.search("Tommy the dog", user_id="u"))
+    assert texts(mem.get_all(user_id="u")) == ["Friend John enjoys hiking"]
+    assert set(triples(mem.relations(user_id="u", include_invalid=True))) == {
+        ("u", "friend_of", "John"), ("John", "likes", "hiking")}
+    assert "Tommy" not in [e.name for e in mem.graph.entities("u")], "no orphan node is left behind"
+    assert mem.get(hiking) is not None and len(mem.history(hiking)) == 1
+    with pytest.raises(NotFoundError):
+        mem.delete(dog)
+
+
+def test_delete_all_erases_one_user_and_no_other(mem: Memory, model: PromptReadingModel) -> None:
+    for start in range(0, 250, 100):
+        notes = [f"Note {i} about the garden" for i in range(start, min(250, start + 100))]
+        mem.add([{"role": "user", "content": note} for note in notes], user_id="gone", infer=False)
+    model.push(answer([add_op("Owns a cat named Mimi", ("USER", "owns", "Mimi"))], {"Mimi": "animal"}),
+               answer([add_op("Owns a cat named Mimi", ("USER", "owns", "Mimi"))], {"Mimi": "animal"}))
+    gone_id = mem.add("I have a cat, Mimi", user_id="gone")["results"][0]["id"]
+    kept_id = mem.add("I have a cat, Mimi", user_id="kept")["results"][0]["id"]
+    mem.add([{"role": "user", "content": f"Note {i} about the garden"} for i in range(3)], user_id="kept",
+            infer=False)
+
+    assert mem.delete_all(user_id="gone")["deleted"] == 251
+    assert mem.get_all(user_id="gone", limit=1000) == {"results": [], "relations": []}
+    assert mem.search("garden note", user_id="gone")["results"] == []
+    assert mem.relations(user_id="gone", include_invalid=True) == []
+    assert mem.get(gone_id) is None and mem.history(gone_id) == []
+
+    kept = mem.get_all(user_id="kept", limit=1000)
+    assert len(kept["results"]) == 4
+    assert triples(kept["relations"]) == [("kept", "owns", "Mimi")]
+    assert texts(mem.search("Who is Mimi?", user_id="kept"))[0] == "Owns a cat named Mimi"
+    assert [h["event"] for h in mem.history(kept_id)] == ["ADD"]
+    mem.add("Starts again", user_id="gone", infer=False)
+    assert texts(mem.get_all(user_id="gone")) == ["Starts again"]
+
+
+def test_reset_forgets_everyone_and_keeps_working(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Name is Alice", ("USER", "has_name", "Alice"))]),
+               answer([add_op("Name is Bob", ("USER", "has_name", "Bob"))]),
+               answer([add_op("Likes tea", ("USER", "likes", "tea"))]))
+    alice = mem.add("My name is Alice", user_id="alice")["results"][0]["id"]
+    mem.add("My name is Bob", user_id="bob")
+    mem.reset()
+    for user in ("alice", "bob"):
+        assert mem.get_all(user_id=user) == {"results": [], "relations": []}
+        assert mem.relations(user_id=user, include_invalid=True) == []
+        assert mem.search("What is my name?", user_id=user) == {"results": [], "relations": []}
+    assert mem.get(alice) is None and mem.history(alice) == []
+    mem.add("I like tea", user_id="alice")
+    found = mem.search("tea", user_id="alice")
+    assert texts(found) == ["Likes tea"] and triples(found["relations"]) == [("alice", "likes", "tea")]
+    assert triples(mem.relations(user_id="bob")) == []
+
+
+# -- isolation -----------------------------------------------------------------------------------------------
+def test_two_users_never_see_each_other(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Friend John has a dog named Biscuit", ("USER", "friend_of", "John"),
+                              ("John", "owns", "Biscuit"))], {"John": "person", "Biscuit": "animal"}),
+               answer([add_op("Friend John has a cat named Whiskers", ("USER", "friend_of", "John"),
+                              ("John", "owns", "Whiskers"))], {"John": "person", "Whiskers": "animal"}))
+    mem.add("My friend John has a dog named Biscuit", user_id="alice")
+    mem.add("My friend John has a cat named Whiskers", user_id="bob")
+    # bob's add was shown none of alice's memories or relations
+    assert shown_items(str(model.calls[1][0].content), "MEMORIES") == {}
+    assert shown_items(str(model.calls[1][0].content), "RELATIONS") == {}
+
+    for user, pet, other in (("alice", "Biscuit", "Whiskers"), ("bob", "Whiskers", "Biscuit")):
+        for found in (mem.search("What pet does my friend John have?", user_id=user),
+                      mem.search("John", user_id=user, filters={"user_id": "alice" if user == "bob" else "bob"}),
+                      mem.get_all(user_id=user)):
+            assert len(found["results"]) == 1 and all(r["user_id"] == user for r in found["results"])
+            assert pet in found["results"][0]["memory"]
+            assert all(user in (r["source"], r["destination"]) or r["source"] == "John" for r in found["relations"])
+            assert ("John", "owns", other) not in triples(found["relations"])
+        assert set(triples(mem.relations(user_id=user, include_invalid=True))) == {
+            (user, "friend_of", "John"), ("John", "owns", pet)}
+    assert mem.get_all(user_id="carol") == {"results": [], "relations": []}
+
+
+ODD_IDS = ['quote"s', "it's", "back\\slash", "\\\"", '" or ""=="', 'x" || user_id != "', "x' or '1'='1",
+           "u\") MATCH (n) DETACH DELETE n //", "}) RETURN e //", '[{"$ne": null}]', "😀 user 🎉", "爱丽丝",
+           " padded ", "%", "*", "a" * 256, "😀" * 256]
+
+
+def test_odd_user_ids_are_stored_and_matched_literally(mem: Memory, model: PromptReadingModel) -> None:
+    users = ["x", "alice", *ODD_IDS]
+    for i, user in enumerate(users):
+        model.push(answer([add_op(f"Secret code is {1000 + i}", ("USER", "has_code", f"code {1000 + i}"))]))
+        mem.add(f"My secret code is {1000 + i}", user_id=user)
+    for i, user in enumerate(users):
+        mine = f"Secret code is {1000 + i}"
+        found = mem.search("What is my secret code?", user_id=user)
+        assert texts(found) == [mine], user
+        assert [r["user_id"] for r in found["results"]] == [user]
+        listed = mem.get_all(user_id=user)
+        assert texts(listed) == [mine], user
+        assert triples(listed["relations"]) == [(user, "has_code", f"code {1000 + i}")], user
+        assert triples(mem.relations(user_id=user, include_invalid=True)) == [(user, "has_code", f"code {1000 + i}")]
+    assert mem.delete_all(user_id='" or ""=="')["deleted"] == 1
+    assert all(len(mem.get_all(user_id=u)["results"]) == 1 for u in users if u != '" or ""=="')
+    assert mem.get_all(user_id='" or ""=="')["results"] == []
+
+
+BAD_IDS = ["", "   ", "\t", "new\nline", "cr\r", "nul\x00", "esc\x1b[31m", "bell\x07", "del\x7f", "a" * 257, None, 42]
+
+
+def test_unusable_user_ids_are_refused(mem: Memory) -> None:
+    mem.add("hello", user_id="fine", infer=False)
+    for bad in BAD_IDS:
+        with pytest.raises(InputError):
+            mem.add("hello", user_id=bad, infer=False)
+        with pytest.raises(InputError):
+            mem.search("hello", user_id=bad)
+        with pytest.raises(InputError):
+            mem.get_all(user_id=bad)
+        with pytest.raises(InputError):
+            mem.delete_all(user_id=bad)
+        with pytest.raises(InputError):
+            mem.relations(user_id=bad)
+    assert texts(mem.get_all(user_id="fine")) == ["hello"]
+
+
+# -- ranking ------------------------------------------------------------------------------------------------
+def test_newer_of_two_equally_relevant_memories_ranks_first(mem: Memory) -> None:
+    now = datetime.now(UTC)
+    newer, older = now - timedelta(days=3), now - timedelta(days=368)
+    # the newer is written first, so only recency (not insertion order) can put it first
+    mem.add("Favourite drink is green tea", user_id="u", infer=False, timestamp=newer, metadata={"said": "newer"})
+    mem.add("Favourite drink is green tea", user_id="u", infer=False, timestamp=older.isoformat(),
+            metadata={"said": "older"})
+    mem.add("Favourite food is ramen", user_id="u", infer=False)
+    found = mem.search("What is my favourite drink?", user_id="u")["results"]
+    assert [r["metadata"]["said"] for r in found[:2]] == ["newer", "older"]
+    assert datetime.fromisoformat(found[0]["event_time"]) == newer.replace(microsecond=newer.microsecond // 1000 * 1000)
+    assert found[0]["score"] >= found[1]["score"]
+
+
+CHINESE_NOTES = ["我的朋友彼得是蜘蛛侠", "我喜欢打羽毛球", "我的名字是爱丽丝", "约翰有一只叫汤米的狗",
+                 "我喜欢去徒步旅行", "我害怕蜘蛛", "我最近在看武侠小说", "哈利也喜欢徒步旅行", "明天要去上海出差",
+                 "我的朋友喜欢蜘蛛网的照片"]
+CHINESE_QUERIES = {"谁是蜘蛛侠?": "我的朋友彼得是蜘蛛侠", "汤米是谁的狗": "约翰有一只叫汤米的狗",
+                   "上海出差": "明天要去上海出差", "我的名字": "我的名字是爱丽丝"}
+
+
+def test_keyword_search_tokenises_chinese(mem: Memory) -> None:
+    mem.add([{"role": "user", "content": note} for note in CHINESE_NOTES], user_id="u", infer=False)
+    for query, expected in CHINESE_QUERIES.items():
+        assert texts(mem.search(query, user_id="u"))[0] == expected, query
+    mem.recipe = SearchRecipe(dense_weight=0.0, keyword_weight=1.0, graph_weight=0.0, recency_weight=0.0)
+    for query, expected in CHINESE_QUERIES.items():
+        keyword_only = mem.search(query, user_id="u")
+        assert texts(keyword_only)[0] == expected, f"BM25 over jieba tokens finds it for {query}"
+        assert keyword_only["results"][0]["score"] > keyword_only["results"][1]["score"]
+
+
+def test_metadata_is_kept_and_filters_match_it(mem: Memory) -> None:
+    mem.add([{"role": "user", "content": "I moved to Berlin"}, {"role": "assistant", "content": "Nice, welcome!"}],
+            user_id="u", infer=False, metadata={"turn": 7, "session": "s1"})
+    mem.add("I moved to Berlin in 2019", user_id="u", infer=False, metadata={"turn": 8, "session": "s2"})
+    found = mem.search("Berlin", user_id="u", filters={"session": "s1"})
+    assert {r["memory"]: r["metadata"] for r in found["results"]} == {
+        "I moved to Berlin": {"turn": 7, "session": "s1", "role": "user"},
+        "Nice, welcome!": {"turn": 7, "session": "s1", "role": "assistant"}}
+    assert texts(mem.search("Berlin", user_id="u", filters={"turn": {"in": [8, 9]}})) == ["I moved to Berlin in 2019"]
+    assert mem.search("Berlin", user_id="u", filters={"session": 's1" or "1"=="1'})["results"] == []
+
+
+# -- concurrency ---------------------------------------------------------------------------------------------
+def test_threads_adding_and_searching_at_once_lose_nothing(mem: Memory) -> None:
+    start = threading.Barrier(4)
+
+    def work(worker: int) -> int:
+        start.wait()
+        for i in range(4):
+            mem.add(f"Worker {worker} shared note {i}", user_id="shared", infer=False)
+            mem.add(f"Worker {worker} own note {i}", user_id=f"own-{worker}", infer=False)
+            mem.search("note", user_id="shared", limit=5)
+        return worker
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(work, range(4))) == list(range(4))
+    shared = texts(mem.get_all(user_id="shared", limit=1000))
+    assert sorted(shared) == sorted(f"Worker {w} shared note {i}" for w in range(4) for i in range(4))
+    for worker in range(4):
+        assert sorted(texts(mem.get_all(user_id=f"own-{worker}"))) == sorted(
+            f"Worker {worker} own note {i}" for i in range(4))

@@ -1,0 +1,82 @@
+"""Memories outlive the process that wrote them, and a data directory in use by one process is refused to
+another with a message naming the holder. The other process runs `Memory()` (the zero-configuration default,
+its data directory from MEMORY_DATA_DIR, no model) in a fresh Python interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import make_memory
+
+WRITE = """
+import json
+from memory import Memory
+mem = Memory()
+ids = {}
+ids["tea"] = mem.add("I like green tea", user_id="alice", infer=False, metadata={"turn": 1},
+                     timestamp="2024-05-01T08:00:00+00:00")["results"][0]["id"]
+ids["paris"] = mem.add("I live in Paris", user_id="alice", infer=False)["results"][0]["id"]
+ids["gone"] = mem.add("My PIN is 4711", user_id="alice", infer=False)["results"][0]["id"]
+ids["bob"] = mem.add("I like black coffee", user_id="bob", infer=False)["results"][0]["id"]
+mem.update(ids["paris"], "I live in Lyon")
+mem.delete(ids["gone"])
+print(json.dumps(ids))
+# no close(): a script that simply ends must not lose what it wrote
+"""
+
+OPEN_SECOND = """
+from memory import Memory, StoreBusyError
+try:
+    Memory()
+except StoreBusyError as exc:
+    print("StoreBusyError:", exc)
+else:
+    print("opened")
+"""
+
+
+def run_python(code: str, data_dir: Path) -> str:
+    """Run `code` in a fresh interpreter with MEMORY_DATA_DIR=data_dir and no model configured; its stdout."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "MILVUS_", "EMBEDDER", "EMBEDDING_", "LLM_", "MEMORY_"))}
+    env["MEMORY_DATA_DIR"] = str(data_dir)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=data_dir.parent,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_memories_survive_a_new_process(data_dir: Path) -> None:
+    ids = json.loads(run_python(WRITE, data_dir))  # that process has ended; this one reads what it left
+    with make_memory(data_dir) as mem:
+        assert sorted(r["memory"] for r in mem.get_all(user_id="alice")["results"]) == ["I like green tea",
+                                                                                       "I live in Lyon"]
+        assert [r["memory"] for r in mem.get_all(user_id="bob")["results"]] == ["I like black coffee"]
+        found = mem.search("tea", user_id="alice")["results"][0]
+        assert (found["id"], found["memory"], found["metadata"]) == (ids["tea"], "I like green tea",
+                                                                     {"turn": 1, "role": "user"})
+        assert found["event_time"] == "2024-05-01T08:00:00+00:00"
+        assert [(h["event"], h["new_memory"]) for h in mem.history(ids["paris"])] == [
+            ("ADD", "I live in Paris"), ("UPDATE", "I live in Lyon")]
+        assert mem.get(ids["gone"]) is None and mem.history(ids["gone"]) == []
+        assert "4711" not in str(mem.search("PIN", user_id="alice"))
+
+
+def test_a_second_process_is_refused_with_the_holders_pid(data_dir: Path) -> None:
+    with make_memory(data_dir) as mem:
+        kept = mem.add("I like green tea", user_id="u", infer=False)["results"][0]["id"]
+        said = run_python(OPEN_SECOND, data_dir)
+        assert said.startswith("StoreBusyError:")
+        assert f"process {os.getpid()}" in said and str(data_dir) in said
+        mem.add("I live in Lyon", user_id="u", infer=False)  # the first process goes on unharmed
+        assert mem.search("tea", user_id="u")["results"][0]["id"] == kept
+        assert len(mem.get_all(user_id="u")["results"]) == 2
+    with make_memory(data_dir) as mem:  # and the data is intact once it is closed
+        assert sorted(r["memory"] for r in mem.get_all(user_id="u")["results"]) == ["I like green tea",
+                                                                                   "I live in Lyon"]
