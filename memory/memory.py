@@ -143,7 +143,7 @@ class Memory:
         unique = list(dict.fromkeys([*texts, *(n.strip() for n in names)]))
         vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())
-        existing_hashes = {r.hash for r in self.vectors.list(combine(scope), template.user_id, None)}
+        existing_hashes = self.vectors.known_hashes(template.user_id, scope, [text_hash(t) for t in texts])
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
         self._commit(plan)
         invalidated = [r.to_result() for r in shown_relations if r.id in set(plan["invalidate"])]

@@ -7,6 +7,7 @@ done; a plan left open by a crash is applied again at the next start.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,7 @@ def new_plan(user_id: str, actor: str, when_ms: int) -> dict[str, Any]:
 def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
                old_text: str | None) -> None:
     """Plan storing a record (ADD or UPDATE) and its history row."""
-    plan["upserts"].append({"record": record.__dict__, "vector": vector.tolist()})
+    plan["upserts"].append({"record": record.__dict__, "vector": _pack(vector)})
     plan["history"].append({"id": f"{plan['id']}:{len(plan['history'])}", "memory_id": record.id,
                             "user_id": record.user_id, "event": event, "old_memory": old_text,
                             "new_memory": record.text, "actor": plan["actor"], "created_at": _iso(plan["time"])})
@@ -96,7 +97,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
     for rel in plan["relations"]:
         for end in ("source", "destination"):
             vector = vectors.get(rel[end])
-            rel[f"{end}_vector"] = vector.tolist() if vector is not None else None
+            rel[f"{end}_vector"] = _pack(vector) if vector is not None else None
     return results
 
 
@@ -106,7 +107,7 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
     when = datetime.fromtimestamp((plan.get("valid_time") or plan["time"]) / 1000, UTC)
     if plan["upserts"]:
         records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
-        vector_store.upsert(records, np.asarray([u["vector"] for u in plan["upserts"]], dtype=np.float32))
+        vector_store.upsert(records, np.stack([_unpack(u["vector"]) for u in plan["upserts"]]))
     if plan["deletes"]:
         vector_store.delete(plan["deletes"], user_id)
         graph.invalidate_memories(user_id, plan["deletes"], when)
@@ -133,8 +134,17 @@ def _relation_type(name: str) -> str:
     return "_".join(name.strip().lower().replace("-", " ").split())[:100] or "related_to"
 
 
-def _array(values: list[float] | None) -> np.ndarray | None:
-    return np.asarray(values, dtype=np.float32) if values else None
+def _pack(vector: np.ndarray) -> str:
+    """A vector as base64 float32: a journaled plan stays small and quick to write."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unpack(packed: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(packed), dtype="<f4").astype(np.float32)
+
+
+def _array(packed: str | None) -> np.ndarray | None:
+    return _unpack(packed) if packed else None
 
 
 def _iso(ms: int) -> str:

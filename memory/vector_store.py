@@ -19,7 +19,7 @@ import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from memory.errors import ConfigError, StoreError, one_line
-from memory.filters import combine, scope_filter
+from memory.filters import combine, literal, scope_filter
 from memory.records import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class VectorStore(Protocol):
 
     def upsert(self, records: list[MemoryRecord], vectors: np.ndarray) -> None: ...
     def get(self, ids: list[str]) -> list[MemoryRecord]: ...
+    def known_hashes(self, user_id: str, expr: str, hashes: list[str]) -> set[str]: ...
     def delete(self, ids: list[str], user_id: str) -> None: ...
     def delete_user(self, user_id: str) -> int: ...
     def list(self, expr: str, user_id: str, limit: int) -> list[MemoryRecord]: ...
@@ -194,6 +195,17 @@ class MilvusVectorStore:
                 self._unflushed = 0
 
     # -- reads --------------------------------------------------------------------------------------------
+    def known_hashes(self, user_id: str, expr: str, hashes: list[str]) -> set[str]:
+        """Which of these text fingerprints the user's memories (within `expr`) already have."""
+        if not hashes:
+            return set()
+        with self._lock:
+            partition = self._partition(user_id)
+            if partition == []:
+                return set()
+            wanted = combine(expr, f"hash in [{', '.join(literal(h) for h in hashes)}]")
+            return {row["hash"] for row in self._query(wanted, partition, ["hash"], limit=None)}
+
     def get(self, ids: list[str]) -> list[MemoryRecord]:
         """Rows by id (missing ids are skipped)."""
         if not ids:
