@@ -20,6 +20,7 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from memory.errors import ConfigError, StoreError, one_line
 from memory.filters import combine, literal, scope_filter
+from memory.keywords import ANALYZER_PARAMS
 from memory.records import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class MilvusVectorStore:
         schema.add_field("run_id", DataType.VARCHAR, max_length=1024)
         text_params: dict[str, Any] = {"max_length": MAX_TEXT_BYTES}
         if with_bm25:
-            text_params.update(enable_analyzer=True, analyzer_params={"tokenizer": "jieba"})
+            text_params.update(enable_analyzer=True, analyzer_params=ANALYZER_PARAMS)
         schema.add_field("text", DataType.VARCHAR, **text_params)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dims)
         schema.add_field("metadata", DataType.JSON)

@@ -1,0 +1,252 @@
+"""Latency of the memory layer and the agent on the embedded defaults, with a scripted instant model.
+
+Usage, from the repository root::
+
+    python -m benchmarks.latency [--memories 1000,10000] [--users 10] [--queries 200] [--json]
+
+For each size N in `--memories` (ascending), every one of `--users` users holds N synthetic memories (added
+with `add(infer=False)` in batches, no manual flush), then one user is searched with varied queries. Reported:
+
+- `search_ms_p50`, `search_ms_p95` (largest size) and `search_ms_p95_at` ({size: p95}): full `search()` calls,
+  query embedding, dense, BM25 keyword and graph parts included;
+- `floor_ms_p50`: the same embedder embedding the query plus a numpy brute-force top-k over that user's
+  vectors, what no store can beat; `search_over_floor` = search_ms_p50 / floor_ms_p50;
+- `add_raw_per_s`: `add(infer=False)` throughput in memories per second;
+- `add_overhead_ms_p95`: `add(infer=True)` with an instant scripted model (everything but the model);
+- `turn_overhead_ms_p95`: one agent turn (recall + respond + memorize hand-off) with instant models, as the
+  user waits for it; the background memory write is waited for between turns, outside the timing;
+- `cold_start_s`: a new `python -m agent` process on a terminal (a pty) until its first prompt;
+- `peak_rss_mb`: this process' peak resident memory (all users' stores open);
+- `llm_calls_per_add`, `llm_calls_per_search`, `memory_context_tokens` (the recalled-memory block of the
+  prompt at default settings, estimated as characters / 4 for English text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import random
+import resource
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from rich.console import Console
+from rich.table import Table
+
+from agent.context import Context
+from agent.graph import build_graph
+from agent.nodes import system_prompt
+from agent.writer import MemoryWriter
+from memory import Memory, MemoryConfig
+from memory.embeddings import embed
+
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
+PLACES = ["Paris", "Lyon", "Oslo", "Kyoto", "Lima", "Cairo", "Austin", "Porto", "Seoul", "Dublin"]
+THINGS = ["hiking", "badminton", "jazz", "sushi", "chess", "painting", "running", "pottery", "sailing", "yoga",
+          "thrillers", "gardening", "photography", "baking", "cycling", "climbing"]
+TEMPLATES = ["Likes {thing}", "Dislikes {thing}", "Friend {name} lives in {place}", "Visited {place} in {year}",
+             "Has a colleague named {name} who enjoys {thing}", "Wants to learn {thing} next year",
+             "Went to {place} with {name} for {thing}", "Sister {name} is moving to {place}",
+             "Started {thing} lessons in {year}", "Plans a trip to {place} to try {thing}"]
+QUERIES = ["What do I like?", "Where does {name} live?", "When did I visit {place}?", "Who enjoys {thing}?",
+           "What should I do in {place}?", "Tell me about {name}", "Do I like {thing}?"]
+EXTRACTION = json.dumps({"memories": [{"event": "ADD", "text": "Enjoys {thing} with {name}", "relations": [
+    {"source": "USER", "relationship": "enjoys", "destination": "{thing}"}]}],
+    "entities": [{"name": "{thing}", "type": "activity"}]})
+
+
+class InstantModel(BaseChatModel):
+    """Answers at once: a fixed chat reply, or a valid extraction when asked to extract."""
+
+    calls: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "instant"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        self.calls += 1
+        if "long-term memory of an assistant" in str(messages[0].content):
+            rng = random.Random(self.calls)
+            text = EXTRACTION.replace("{thing}", rng.choice(THINGS)).replace("{name}", rng.choice(NAMES))
+        else:
+            text = "Sure, noted."
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    return template.format(name=rng.choice(NAMES), place=rng.choice(PLACES), thing=rng.choice(THINGS),
+                           year=rng.randint(2001, 2025))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of values (ms)."""
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def ingest(memory: Memory, users: list[str], start: int, stop: int, texts: dict[str, list[str]]) -> float:
+    """Give every user memories number start..stop-1; returns memories per second."""
+    count, began = 0, time.perf_counter()
+    for user in users:
+        rng = random.Random(f"{user}:{start}")
+        new = [_fill(rng.choice(TEMPLATES), rng) + f" (note {i})" for i in range(start, stop)]
+        texts[user].extend(new)
+        for offset in range(0, len(new), 250):
+            batch = new[offset:offset + 250]
+            memory.add([{"role": "user", "content": t} for t in batch], user_id=user, infer=False)
+            count += len(batch)
+    return count / (time.perf_counter() - began)
+
+
+def time_search(memory: Memory, user: str, queries: list[str]) -> list[float]:
+    """Wall time of each search (ms)."""
+    times = []
+    for query in queries:
+        began = time.perf_counter()
+        memory.search(query, user_id=user, limit=10)
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def time_floor(memory: Memory, texts: list[str], queries: list[str]) -> list[float]:
+    """Embedding the query plus numpy brute-force top-10 over the user's vectors (ms)."""
+    matrix = embed(memory.embedder, texts)
+    times = []
+    for query in queries:
+        began = time.perf_counter()
+        vector = embed(memory.embedder, [query])[0]
+        scores = matrix @ vector
+        top = np.argpartition(-scores, 10)[:10]
+        top[np.argsort(-scores[top])]
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def time_adds(memory: Memory, model: InstantModel, user: str, n: int) -> tuple[list[float], float]:
+    """add(infer=True) times with the instant model (ms), and LLM calls per add."""
+    before, times = model.calls, []
+    rng = random.Random(7)
+    for _ in range(n):
+        began = time.perf_counter()
+        memory.add(f"I really enjoy {rng.choice(THINGS)} with {rng.choice(NAMES)}.", user_id=user)
+        times.append((time.perf_counter() - began) * 1000)
+    return times, (model.calls - before) / n
+
+
+def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str]) -> tuple[list[float], int]:
+    """One agent turn as the user waits for it (ms), and the memory-context tokens of the last prompt."""
+    writer = MemoryWriter(memory)
+    graph = build_graph(memory, model, writer)
+    thread = {"configurable": {"thread_id": "bench"}}
+    times, tokens = [], []
+    for query in queries:
+        writer.wait()
+        began = time.perf_counter()
+        state = graph.invoke({"messages": [HumanMessage(query)]}, thread, context=Context(user_id=user))
+        times.append((time.perf_counter() - began) * 1000)
+        block = system_prompt(state.get("recalled", []), state.get("relations", [])).split("<memories>")[1]
+        tokens.append(len(block) / 4)
+    writer.wait()
+    writer.close()
+    return times, int(np.mean(tokens))
+
+
+def cold_start(data_dir: Path) -> float:
+    """Seconds from starting `python -m agent` on a pty to its first prompt."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["MEMORY_DATA_DIR"] = str(data_dir)
+    began = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "agent", "--user", "bench"], stdin=slave, stdout=slave,
+                               stderr=slave, env=env, cwd=data_dir, close_fds=True)
+    seen = b""
+    try:
+        while b"You" not in seen and time.perf_counter() - began < 60:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 4096)
+        elapsed = time.perf_counter() - began
+        os.write(master, b"quit\n")
+        process.wait(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return elapsed
+
+
+def run(sizes: list[int], n_users: int, n_queries: int) -> dict[str, Any]:
+    """The whole benchmark; returns the report."""
+    report: dict[str, Any] = {"users": n_users, "sizes": sizes, "search_ms_p95_at": {}, "search_ms_p50_at": {}}
+    with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
+        config = MemoryConfig.from_env({})
+        config.data_dir = str(Path(tmp) / "data")
+        model = InstantModel()
+        memory = Memory(config, llm=model)
+        users = [f"user-{i}" for i in range(n_users)]
+        texts: dict[str, list[str]] = {u: [] for u in users}
+        rng = random.Random(1)
+        queries = [_fill(rng.choice(QUERIES), rng) for _ in range(n_queries)]
+        have, rates = 0, []
+        for size in sorted(sizes):
+            rates.append(ingest(memory, users, have, size, texts))
+            have = size
+            timings = time_search(memory, users[0], queries)
+            report["search_ms_p95_at"][size] = round(percentile(timings, 95), 2)
+            report["search_ms_p50_at"][size] = round(percentile(timings, 50), 2)
+        floor = time_floor(memory, texts[users[0]], queries)
+        report["search_ms_p50"] = report["search_ms_p50_at"][have]
+        report["search_ms_p95"] = report["search_ms_p95_at"][have]
+        report["floor_ms_p50"] = round(percentile(floor, 50), 3)
+        report["search_over_floor"] = round(report["search_ms_p50"] / report["floor_ms_p50"], 1)
+        report["add_raw_per_s"] = round(float(np.mean(rates)), 1)
+        adds, calls_per_add = time_adds(memory, model, users[0], 50)
+        report["add_overhead_ms_p95"] = round(percentile(adds, 95), 2)
+        report["llm_calls_per_add"] = calls_per_add
+        before = model.calls
+        time_search(memory, users[0], queries[:20])
+        report["llm_calls_per_search"] = (model.calls - before) / 20
+        turns, tokens = time_turns(memory, model, users[0], queries[:50])
+        report["turn_overhead_ms_p95"] = round(percentile(turns, 95), 2)
+        report["memory_context_tokens"] = tokens
+        memory.close()
+        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        report["cold_start_s"] = round(cold_start(Path(tmp)), 2)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--memories", default="1000,10000", help="memories per user, comma-separated sizes")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.memories.split(",") if s.strip()]
+    report = run(sizes, args.users, args.queries)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    table = Table(title=f"Memory latency ({args.users} users, embedded defaults, instant model)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        table.add_row(key, json.dumps(value))
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
