@@ -3,14 +3,25 @@
 Streams replies, shows (dimmed) what was recalled, and offers /memories, /forget, /graph, /recall and /help.
 With piped standard input it prints one plain reply per input line, without colours. Every failure is one
 line; quitting (quit, exit, bye, Ctrl-D, Ctrl-C) finishes pending memory writes first.
+
+Ctrl-C is a normal way to end the session, so the exit status is 0, as for `quit`, not 130. During a reply it
+ends the session at once: the reply is abandoned (it runs in its own thread, which may be stuck on a hanging
+model endpoint) and the user's message is stored verbatim. When the session ends with memory writes still
+pending, the chat waits for them; a Ctrl-C during that wait stores them verbatim at once, without the model
+(further Ctrl-Cs are ignored while it does). The stores are closed cleanly in every case; nothing acknowledged
+is lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import os
 import re
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -68,6 +79,8 @@ class Chat:
         self.show_recall = show_recall
         self.context = Context(user_id=user_id, recall_limit=recall_limit)
         self.thread = {"configurable": {"thread_id": str(uuid.uuid4())}}
+        self.abandoned: threading.Thread | None = None  # a reply left running when Ctrl-C ended the session
+        self._handed_over = False
 
     # -- input ----------------------------------------------------------------------------------------------
     def lines(self) -> Iterator[str]:
@@ -99,12 +112,43 @@ class Chat:
 
     # -- one turn -------------------------------------------------------------------------------------------
     def turn(self, text: str) -> None:
-        """Recall, reply (streamed), memorize in the background."""
+        """Recall, reply (streamed), memorize in the background.
+
+        The turn runs in its own thread so that Ctrl-C ends the session at once, even while the model endpoint
+        hangs: the turn is then abandoned (it prints and memorizes nothing more) and the message is stored
+        verbatim."""
+        failure: list[BaseException] = []
+        self._handed_over = False  # set once the memorize step has queued this turn for the writer
+
+        def work() -> None:
+            try:
+                self._turn(text)
+            except BaseException as exc:  # handed to the main thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=work, name="chat-turn", daemon=True)
+        worker.start()
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            self.abandoned = worker
+            if not self._handed_over:
+                self.runtime.writer.submit(Exchange(self.user_id, [{"role": "user", "content": text}],
+                                                    infer=False, metadata={"source": "interrupted"}))
+            self.runtime.writer.seal()  # the abandoned turn must not memorize the message a second time
+            self.console.print()
+            raise
+        if failure:
+            raise failure[0]
+
+    def _turn(self, text: str) -> None:
         printed = False
         try:
             stream = self.runtime.graph.stream({"messages": [HumanMessage(text)]}, self.thread, context=self.context,
                                                stream_mode=["messages", "updates"])
             for mode, payload in stream:
+                if self.abandoned:
+                    return
                 if mode == "updates":
                     printed = self._on_update(payload, printed)
                     continue
@@ -114,17 +158,15 @@ class Chat:
                         self.console.print("[bold green]Assistant[/]: ", end="")
                         printed = True
                     self.console.print(escape(str(chunk.content)), end="", soft_wrap=True)
-        except KeyboardInterrupt:
-            self.console.print()
-            self.runtime.writer.submit(Exchange(self.user_id, [{"role": "user", "content": text}], infer=False,
-                                                metadata={"source": "interrupted"}))
-            raise
         except MemoryLayerError as exc:
-            self.say_error(one_line(exc))
-        if printed:
+            if not self.abandoned:
+                self.say_error(one_line(exc))
+        if printed and not self.abandoned:
             self.console.print()
 
     def _on_update(self, update: dict, printed: bool) -> bool:
+        if "memorize" in update:
+            self._handed_over = True
         if "recall" in update and self.show_recall:
             recalled = (update["recall"] or {}).get("recalled", [])
             for memory in recalled:
@@ -226,16 +268,42 @@ class Chat:
 
     # -- ending ---------------------------------------------------------------------------------------------
     def finish(self) -> None:
-        """Write what is pending (with a spinner), then close; a second Ctrl-C stores it verbatim instead."""
+        """Write what is pending (with a spinner), then close; a Ctrl-C stores it verbatim instead.
+
+        Once the verbatim save has begun, further Ctrl-Cs are ignored: it takes a moment (no model call), and
+        stopping it half-way would lose the user's words."""
         writer = self.runtime.writer
+        writer.seal()
         try:
             if writer.pending:
                 with self.console.status("Saving memories…"):
                     writer.wait()
         except KeyboardInterrupt:
-            saved = writer.drain_verbatim()
-            self.console.print(f"Saved {saved} pending message(s) verbatim.")
-        self.runtime.memory.close()
+            with _sigint_ignored():
+                saved = writer.drain_verbatim()
+                self.console.print(f"Saved {saved} pending message(s) verbatim.")
+                self.runtime.memory.close()
+            return
+        with _sigint_ignored():
+            self.runtime.memory.close()
+
+    def stuck(self) -> bool:
+        """True when a reply was abandoned at Ctrl-C: its graph step may still wait on the model endpoint in a
+        worker thread that the interpreter would wait for at exit."""
+        return self.abandoned is not None
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C inside the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryLayerError as exc:
         console.print(f"[red]error:[/] {escape(one_line(exc) if not str(exc) else str(exc))}")
         return 2
+    except KeyboardInterrupt:  # while the stores open: nothing was written yet
+        console.print("[dim](interrupted)[/]")
+        return 0
     show_recall = interactive if args.show_recall is None else args.show_recall
     chat = Chat(runtime, console, user_id, interactive, show_recall, args.recall_limit)
     if runtime.offline:
@@ -271,4 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         chat.finish()
     if interactive:
         console.print("Goodbye — I'll remember.")
+    if chat.stuck():
+        # The stores are closed and everything is saved; only an abandoned reply is still waiting on the
+        # model endpoint, in a thread the interpreter would wait for at exit. Leave without waiting.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

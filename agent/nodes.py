@@ -83,12 +83,18 @@ def system_prompt(recalled: list[dict[str, Any]], relations: list[dict[str, Any]
     lines = []
     for memory in recalled:
         when = (memory.get("event_time") or memory.get("updated_at") or "")[:10]
-        lines.append(f"- {json.dumps(memory['memory'], ensure_ascii=False)}" + (f" ({when})" if when else ""))
+        lines.append(f"- {quote(memory['memory'])}" + (f" ({when})" if when else ""))
     for relation in relations:
         triple = f"{relation['source']} -{relation['relationship']}-> {relation['destination']}"
-        lines.append(f"- {json.dumps(triple, ensure_ascii=False)} (graph)")
+        lines.append(f"- {quote(triple)} (graph)")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     return load("respond").format(today=today, memories="\n".join(lines) or "(nothing recalled)")
+
+
+def quote(text: str) -> str:
+    """A remembered text as one JSON string line, with "<" escaped (\\u003c): a line break cannot end the note,
+    and a note holding "</memories>" cannot close the memory block early (or open another)."""
+    return json.dumps(text, ensure_ascii=False).replace("<", "\\u003c")
 
 
 def _latest_user_text(state: State) -> str:

@@ -1,15 +1,15 @@
 """Memory writes off the reply path: a background worker that memorizes each exchange after the reply.
 
 The user sees the reply before extraction finishes. `wait` lets the next turn's recall see what the previous
-turn stored, and `drain` finishes pending writes before the program exits. When the model cannot extract
-(no model, endpoint down, invalid answers), the user's own words are stored verbatim instead, so nothing the
-user said is lost.
+turn stored, and `drain_verbatim` saves pending writes without the model when the user insists on quitting.
+When the model cannot extract (no model, endpoint down, invalid answers), the user's own words are stored
+verbatim instead, so nothing the user said is lost.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,10 +34,13 @@ class MemoryWriter:
     def __init__(self, memory: Memory, on_error: Callable[[str], None] | None = None) -> None:
         self.memory = memory
         self.on_error = on_error or (lambda message: None)
-        self._queue: queue.Queue[Exchange | None] = queue.Queue()
-        self._idle = threading.Condition()
+        self._cond = threading.Condition()
+        self._queue: deque[Exchange] = deque()
         self._pending = 0
         self._current: Exchange | None = None
+        self._sealed = False  # no new exchanges (the session is ending)
+        self._stopped = False  # drained: the worker stops and the outcome of its write in flight is ignored
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="memory-writer", daemon=True)
         self._thread.start()
 
@@ -46,53 +49,71 @@ class MemoryWriter:
         """Exchanges queued or being written."""
         return self._pending
 
-    def submit(self, exchange: Exchange) -> None:
-        """Queue an exchange; returns at once."""
-        with self._idle:
+    def submit(self, exchange: Exchange) -> bool:
+        """Queue an exchange; returns at once. False (and nothing queued) once the writer is sealed."""
+        with self._cond:
+            if self._sealed or self._stopped:
+                return False
+            self._queue.append(exchange)
             self._pending += 1
-        self._queue.put(exchange)
+            self._cond.notify_all()
+        return True
+
+    def seal(self) -> None:
+        """Accept no new exchange; those already queued are still written."""
+        with self._cond:
+            self._sealed = True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued exchange is written; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def drain_verbatim(self) -> int:
         """Store what is still queued verbatim (no model call) — the fast path when the user insists on
-        quitting. Returns how many exchanges were saved this way."""
-        saved = 0
-        current, self._current = self._current, None
-        if current is not None:  # the write in flight may never finish: keep the user's words now
-            self._store_verbatim(current, "interrupted")
-            saved += 1
-        while True:
-            try:
-                exchange = self._queue.get_nowait()
-            except queue.Empty:
-                return saved
-            if exchange is not None:
-                self._store_verbatim(exchange, "interrupted")
-                saved += 1
-                self._done()
+        quitting. The write in flight (perhaps waiting on the model) is stored verbatim too, and whatever it
+        does later is ignored. Returns how many exchanges were saved this way."""
+        with self._cond:
+            self._stopped = True
+            taken = ([self._current] if self._current is not None else []) + list(self._queue)
+            self._queue.clear()
+            self._current = None
+            self._cond.notify_all()
+        saved = sum(self._store_verbatim(exchange, "interrupted", report=True) for exchange in taken)
+        with self._cond:
+            self._pending = 0
+            self._cond.notify_all()
+        return saved
 
     def close(self) -> None:
         """Stop the worker after the queued exchanges."""
-        self._queue.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        while (exchange := self._queue.get()) is not None:
-            self._current = exchange
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing or self._stopped)
+                if self._stopped or not self._queue:
+                    return
+                exchange = self._queue.popleft()
+                self._current = exchange
             try:
                 self._write(exchange)
+            except Exception as exc:  # never let the worker die silently with a traceback
+                self._report(f"could not memorize this turn: {one_line(exc)}")
             finally:
-                self._current = None
-                self._done()
+                with self._cond:
+                    if not self._stopped:
+                        self._current = None
+                        self._pending -= 1
+                    self._cond.notify_all()
 
-    def _done(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
+    def _report(self, message: str) -> None:
+        if not self._stopped:  # after a drain, the session has ended: nothing more is said
+            self.on_error(message)
 
     def _write(self, exchange: Exchange) -> None:
         if exchange.infer:
@@ -102,16 +123,24 @@ class MemoryWriter:
             except LLMNotConfiguredError:
                 pass
             except LLMError as exc:
-                self.on_error(f"memory extraction failed ({one_line(exc)}); your message was stored verbatim")
+                self._report(f"memory extraction failed ({one_line(exc)}); your message was stored verbatim")
             except MemoryLayerError as exc:
-                self.on_error(f"could not memorize this turn: {one_line(exc)}")
+                self._report(f"could not memorize this turn: {one_line(exc)}")
                 return
+            if self._stopped:
+                return  # the drain stored it verbatim already
         self._store_verbatim(exchange, "verbatim")
 
-    def _store_verbatim(self, exchange: Exchange, source: str) -> None:
+    def _store_verbatim(self, exchange: Exchange, source: str, report: bool = False) -> bool:
         user_turns = [m for m in exchange.messages if m.get("role") == "user"]
         try:
             self.memory.add(user_turns, user_id=exchange.user_id, infer=False,
-                            metadata={**exchange.metadata, "source": source})
+                            metadata={"source": source, **exchange.metadata})  # an exchange's own source wins
+            return True
         except MemoryLayerError as exc:
-            self.on_error(f"could not memorize this turn: {one_line(exc)}")
+            message = f"could not memorize this turn: {one_line(exc)}"
+            if report:
+                self.on_error(message)
+            else:
+                self._report(message)
+            return False

@@ -5,10 +5,18 @@ again (case, width and spacing folded), or one whose embedding is nearly identic
 type, is the same node. Relations are edges with a type, a validity window (`valid_from`, `valid_to`) and the
 ids of the memories they came from: a relation that stops being true gets a `valid_to`, it is not deleted.
 Every query is parameterised; no Cypher is built from user data.
+
+Kuzu keeps the bytes of deleted nodes and edges in its file (it has no vacuum), so erasing a user rewrites the
+database: the remaining graph is copied into a fresh file that atomically replaces the old one, whose blocks are
+then overwritten with zeros. Nothing of the erased user is left in the graph's files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass
@@ -20,6 +28,8 @@ import numpy as np
 
 from memory.errors import StoreBusyError, StoreError, one_line
 from memory.records import Relation, normalize_text
+
+log = logging.getLogger(__name__)
 
 USER_ALIASES = {"user", "i", "me", "my", "myself", "mine", "我", "我的", "自己", "本人"}
 SAME_ENTITY_COSINE = 0.92
@@ -66,24 +76,14 @@ class KuzuGraphStore:
     """Entities and relations in a Kuzu database directory; see the module docstring."""
 
     def __init__(self, path: str) -> None:
-        try:
-            self._db = kuzu.Database(path)
-        except RuntimeError as exc:
-            if "lock" in str(exc).lower():
-                raise StoreBusyError(f"the graph database {path} is in use by another process") from exc
-            raise StoreError(f"cannot open the Kuzu database at {path}: {one_line(exc)}") from exc
-        self._conn = kuzu.Connection(self._db)
+        self.path = path
         self._lock = threading.RLock()
-        for statement in _SCHEMA:
-            self._run(statement)
+        _remove_database(path + _REWRITE_SUFFIX)  # a rewrite a crash interrupted: the original is still whole
+        self._db, self._conn = _open(path)
 
     def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         with self._lock:
-            result = self._conn.execute(query, params or {})
-            rows = []
-            while result.has_next():
-                rows.append(result.get_next())
-            return rows
+            return _rows(self._conn, query, params)
 
     # -- entities -----------------------------------------------------------------------------------------
     def user_node(self, user_id: str) -> str:
@@ -194,6 +194,21 @@ class KuzuGraphStore:
                          {"u": user_id})
         return [(row[0], list(row[1] or [])) for row in rows if wanted.intersection(row[1] or [])]
 
+    # -- audits -------------------------------------------------------------------------------------------
+    def user_ids(self) -> list[str]:
+        """The users that have nodes in the graph."""
+        return sorted(row[0] for row in self._run("MATCH (e:Entity) RETURN DISTINCT e.user_id"))
+
+    def orphans(self, user_id: str) -> list[str]:
+        """Names of this user's entities that no relation touches (none should outlive their relations)."""
+        return [row[0] for row in self._run("MATCH (e:Entity) WHERE e.user_id = $u AND NOT EXISTS "
+                                            "{ MATCH (e)-[:RELATES]-() } RETURN e.name", {"u": user_id})]
+
+    def cross_user_relations(self) -> list[tuple[str, str, str]]:
+        """(relation id, source user, destination user) of edges joining two users' graphs (there must be none)."""
+        return [(row[0], row[1], row[2]) for row in self._run(
+            "MATCH (a:Entity)-[r:RELATES]->(b:Entity) WHERE a.user_id <> b.user_id RETURN r.id, a.user_id, b.user_id")]
+
     # -- erasure ------------------------------------------------------------------------------------------
     def forget_memories(self, user_id: str, memory_ids: list[str]) -> None:
         """Erase what these memories contributed: edges keep only other sources; unsupported edges and
@@ -212,18 +227,141 @@ class KuzuGraphStore:
                       "DELETE e", {"u": user_id})
 
     def delete_user(self, user_id: str) -> None:
-        """Erase every node and edge of one user."""
-        self._run("MATCH (e:Entity) WHERE e.user_id = $u DETACH DELETE e", {"u": user_id})
+        """Erase every node and edge of one user, from the database and from its files (see `purge`)."""
+        with self._lock:
+            self._run("MATCH (e:Entity) WHERE e.user_id = $u DETACH DELETE e", {"u": user_id})
+            self.purge()
 
     def reset(self) -> None:
-        """Erase the whole graph."""
-        self._run("MATCH (e:Entity) DETACH DELETE e")
+        """Erase the whole graph, files included."""
+        with self._lock:
+            self._run("MATCH (e:Entity) DETACH DELETE e")
+            self.purge()
+
+    def purge(self) -> None:
+        """Rewrite the database so that deleted nodes and edges leave no bytes behind.
+
+        The live graph is copied into `<path>.rewrite` (bulk COPY from Arrow tables), which then replaces the
+        database file atomically; the old file's blocks are overwritten with zeros through a handle kept open
+        across the rename. A crash before the rename leaves the old database whole (the stray copy is removed
+        at the next open); after it, the new one. Costs a read and a bulk write of the whole graph. If the copy
+        cannot be made, the database stays as it is (deletions done, their bytes not yet gone) with a warning.
+        """
+        with self._lock:
+            fresh = self.path + _REWRITE_SUFFIX
+            try:
+                self._copy_to(fresh)
+            except Exception as exc:
+                _remove_database(fresh)
+                log.warning("the graph database could not be rewritten (%s); deleted entries keep their bytes in "
+                            "%s until the next erasure", one_line(exc), self.path)
+                return
+            self._run("CHECKPOINT")  # the old log is empty: removing it below loses nothing
+            self._conn.close()
+            self._db.close()
+            _remove_database(self.path + ".wal")
+            with open(self.path, "r+b") as old:
+                os.replace(fresh, self.path)
+                _fsync(os.path.dirname(os.path.abspath(self.path)))
+                _zero(old)
+            _remove_database(fresh + ".wal")
+            self._db, self._conn = _open(self.path)
+
+    def _copy_to(self, fresh: str) -> None:
+        """Copy every live node and edge into a new database at `fresh` (durably)."""
+        import pyarrow as pa
+
+        entities = self._run("MATCH (e:Entity) RETURN e.id, e.user_id, e.name, e.norm, e.type, e.embedding, "
+                             "e.created_at")
+        edges = self._run("MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, b.id, r.id, r.rel_type, "
+                          "r.valid_from, r.valid_to, r.memory_ids, r.created_at")
+        _remove_database(fresh)
+        db, conn = _open(fresh)
+        try:
+            if entities:
+                columns = list(zip(*entities, strict=True))
+                nodes = pa.table({  # noqa: F841 - read by name by Kuzu's COPY below
+                    "id": pa.array(columns[0], pa.string()), "user_id": pa.array(columns[1], pa.string()),
+                    "name": pa.array(columns[2], pa.string()), "norm": pa.array(columns[3], pa.string()),
+                    "type": pa.array(columns[4], pa.string()),
+                    "embedding": pa.array(columns[5], pa.list_(pa.float32())),
+                    "created_at": pa.array(columns[6], pa.timestamp("us"))})
+                conn.execute("COPY Entity FROM nodes")
+            if edges:
+                columns = list(zip(*edges, strict=True))
+                rels = pa.table({  # noqa: F841 - read by name by Kuzu's COPY below
+                    "from": pa.array(columns[0], pa.string()), "to": pa.array(columns[1], pa.string()),
+                    "id": pa.array(columns[2], pa.string()), "rel_type": pa.array(columns[3], pa.string()),
+                    "valid_from": pa.array(columns[4], pa.timestamp("us")),
+                    "valid_to": pa.array(columns[5], pa.timestamp("us")),
+                    "memory_ids": pa.array(columns[6], pa.list_(pa.string())),
+                    "created_at": pa.array(columns[7], pa.timestamp("us"))})
+                conn.execute("COPY RELATES FROM rels")
+            conn.execute("CHECKPOINT")
+        finally:
+            conn.close()
+            db.close()
+        _fsync(fresh)
 
     def close(self) -> None:
         """Close the connection and the database (releasing its lock)."""
         with self._lock:
             self._conn.close()
             self._db.close()
+
+
+_REWRITE_SUFFIX = ".rewrite"
+
+
+def _open(path: str) -> tuple[kuzu.Database, kuzu.Connection]:
+    """Open (or create) a graph database with this module's schema."""
+    try:
+        db = kuzu.Database(path)
+    except RuntimeError as exc:
+        if "lock" in str(exc).lower():
+            raise StoreBusyError(f"the graph database {path} is in use by another process") from exc
+        raise StoreError(f"cannot open the Kuzu database at {path}: {one_line(exc)}") from exc
+    conn = kuzu.Connection(db)
+    for statement in _SCHEMA:
+        _rows(conn, statement)
+    return db, conn
+
+
+def _rows(conn: kuzu.Connection, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+    result = conn.execute(query, params or {})
+    rows = []
+    while result.has_next():
+        rows.append(result.get_next())
+    return rows
+
+
+def _remove_database(path: str) -> None:
+    """Remove a database file (or directory) and its write-ahead log, if present."""
+    for name in (path, path + ".wal"):
+        if os.path.isdir(name):
+            shutil.rmtree(name, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _zero(handle: Any) -> None:
+    """Overwrite an open file's bytes with zeros (it was unlinked; its blocks must not keep erased data)."""
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(0)
+    chunk = b"\0" * (1 << 20)
+    for start in range(0, size, len(chunk)):
+        handle.write(chunk[:min(len(chunk), size - start)])
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def names_user(name: str) -> bool:

@@ -3,10 +3,18 @@
 `add` turns messages into lasting memories with one LLM call (facts, updates, deletions, entities and
 relations decided together) and stores them in Milvus (text + vectors), Kuzu (entities + relations) and the
 history database; `search` brings the relevant ones back with no LLM call. Everything is keyed by user id.
+
+Every write is a plan journaled in the history database before any store is touched and marked done after;
+a plan left open by a crash (kill -9, power loss) is replayed when the data directory is next opened, and one
+that cannot be replayed is set aside with a one-line warning instead of stopping the directory from opening.
+The model call of `add` runs without the user's lock, so a slow or hanging endpoint never holds up the user's
+other writes (a verbatim save, a delete); if the user's memories changed meanwhile, the decision is taken
+again against what is there now.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -21,7 +29,7 @@ from langchain_core.language_models import BaseChatModel
 from memory import pipeline
 from memory.config import MemoryConfig
 from memory.embeddings import embed, make_embedder
-from memory.errors import InputError, LLMNotConfiguredError, NotFoundError
+from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_id, combine, metadata_filter, scope_filter
 from memory.graph_store import KuzuGraphStore, names_user
 from memory.history import History
@@ -49,6 +57,8 @@ class Memory:
         self.recipe = recipe
         self.embedder = embedder or make_embedder(self.config.embedder)
         self.llm = llm if llm is not None else (make_chat_model(self.config.llm) if self.config.llm else None)
+        self._closed = True
+        self._commit_lock = threading.Lock()  # one plan applied at a time; close() waits for the one in flight
         self._lock = DataDirLock(self.config.data_path)
         try:
             self.vectors = MilvusVectorStore(self.config.milvus_uri, dims=self.config.embedder.embedding_dims,
@@ -62,9 +72,14 @@ class Memory:
             self._close_opened()
             raise
         self._user_locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._versions: dict[str, int] = defaultdict(int)  # commits per user, to notice a stale extraction
         self._guard = threading.Lock()
         self._closed = False
-        self._replay_journal()
+        try:
+            self._replay_journal()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **kwargs: Any) -> Memory:
@@ -81,8 +96,9 @@ class Memory:
         memories, plus entities and relations for the graph. With `infer=False` each message is stored
         verbatim, no LLM involved. Returns `{"results": [{id, memory, event}], "relations": {...}}`.
         """
-        user_id = check_id(user_id, "user_id", required=True)
-        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        self._check_open()
+        user_id = _check_text_id(user_id, "user_id", required=True)
+        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
         turns = _normalise_messages(messages)
         metadata = _check_metadata(metadata)
         try:
@@ -94,10 +110,10 @@ class Memory:
         created = now_ms()
         template = MemoryRecord(id="", user_id=user_id, text="", agent_id=agent_id, run_id=run_id,
                                 metadata=metadata, created_at=created, updated_at=created, event_time=when)
-        with self._user_lock(user_id):
-            if not infer:
+        if not infer:
+            with self._user_lock(user_id):
                 return self._add_verbatim(turns, template)
-            return self._add_inferred(turns, template, _conversation_day(timestamp, when))
+        return self._add_inferred(turns, template, _conversation_day(timestamp, when))
 
     def _add_verbatim(self, turns: list[dict[str, str]], template: MemoryRecord) -> dict[str, Any]:
         for turn in turns:
@@ -105,16 +121,38 @@ class Memory:
                 raise InputError(f"a message of {len(turn['content'])} characters is too long to store verbatim "
                                  f"(limit {MAX_TEXT_BYTES} bytes); split it or use infer=True")
         plan = pipeline.new_plan(template.user_id, "user", template.created_at)
-        vectors = embed(self.embedder, [t["content"] for t in turns])
+        texts = [t["content"] for t in turns]
+        # Context embedding: each turn is embedded after the memory before it in its episode (stored text unchanged).
+        # The last verbatim turn of each user/agent/run is kept here and trusted while the user has had no other
+        # write since and it still exists (nothing deleted or reset is embedded again); else the store is asked.
+        scope = (template.user_id, template.agent_id, template.run_id)
+        last_turns: dict[tuple[str, str, str], tuple[int, MemoryRecord]] = self.__dict__.setdefault("_last_turns", {})
+        previous: list[MemoryRecord] = []
+        if self.recipe.context_embedding:
+            cached = last_turns.get(scope)
+            if (cached and cached[0] == self._versions[template.user_id]
+                    and cached[1].event_time <= template.event_time and self.vectors.get([cached[1].id])):
+                previous = [cached[1]]
+            else:
+                previous = self.vectors.list(self.recipe.predecessor_filter(template), template.user_id, None)
+        vectors = embed(self.embedder, self.recipe.embedding_texts(texts, previous, template.event_time))
         results = []
-        for turn, vector in zip(turns, vectors, strict=True):
+        for index, (turn, vector) in enumerate(zip(turns, vectors, strict=True)):
             meta = dict(template.metadata)
             meta.setdefault("role", turn["role"])
+            # The turns of one call keep their order: a millisecond apart (episodes are ordered by created_at).
             record = MemoryRecord(**{**template.__dict__, "id": str(uuid.uuid4()), "text": turn["content"],
-                                     "metadata": meta, "hash": text_hash(turn["content"])})
+                                     "metadata": meta, "hash": text_hash(turn["content"]),
+                                     "created_at": template.created_at + index,
+                                     "updated_at": template.updated_at + index})
             pipeline.add_upsert(plan, record, vector, "ADD", None)
             results.append({"id": record.id, "memory": record.text, "event": "ADD"})
         self._commit(plan)
+        with self._guard:
+            last_turns.pop(scope, None)
+            last_turns[scope] = (self._versions[template.user_id], record)
+            while len(last_turns) > 4096:  # scopes least recently written to go first
+                last_turns.pop(next(iter(last_turns)))
         return {"results": results, "relations": {"added": [], "invalidated": []}}
 
     def _add_inferred(self, turns: list[dict[str, str]], template: MemoryRecord, day: str) -> dict[str, Any]:
@@ -126,6 +164,22 @@ class Memory:
             raise InputError(f"the conversation is {len(conversation)} characters; the limit for one add is "
                              f"{MAX_CONVERSATION_CHARS}")
         user_text = "\n".join(t["content"] for t in turns if t["role"] == "user") or conversation
+        user_id = template.user_id
+        lock = self._user_lock(user_id)
+        with lock:
+            seen = self._versions[user_id]
+            context = self._extraction_context(user_text, template)
+        # the model call holds no lock: a slow endpoint does not hold up this user's other writes
+        result = self._extract(context, conversation, day)
+        with lock:
+            if self._versions[user_id] != seen:
+                # the user's memories changed meanwhile: decide again against what is there now, under the lock
+                context = self._extraction_context(user_text, template)
+                result = self._extract(context, conversation, day)
+            return self._apply_extraction(result, context, template)
+
+    def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
+        """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
         query_vector = embed(self.embedder, [user_text[:4000]])[0]
         shown = [r for r, _ in self._rank(user_text[:4000], query_vector, scope, template.user_id, RELATED_MEMORIES)]
@@ -133,20 +187,29 @@ class Memory:
         mentioned = mentioned_entities(user_text, entities, "user")
         shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
                                                limit=RELATED_RELATIONS)
+        return {"scope": scope, "shown": shown, "relations": shown_relations}
+
+    def _extract(self, context: dict[str, Any], conversation: str, day: str) -> Any:
+        """The one model call of an `add`: decisions about the shown memories and relations."""
+        shown, shown_relations = context["shown"], context["relations"]
         relation_lines = [f"{r.source if r.source_type != 'user' else 'USER'} -{r.relationship}-> "
                           f"{r.destination if r.destination_type != 'user' else 'USER'}" for r in shown_relations]
         system = extract.render(day, [m.text for m in shown], relation_lines)
-        result = ask_structured(self.llm, system, f"NEW CONVERSATION:\n{conversation}",
-                                lambda raw: extract.parse(raw, len(shown), len(shown_relations)))
+        return ask_structured(self.llm, system, f"NEW CONVERSATION:\n{conversation}",
+                              lambda raw: extract.parse(raw, len(shown), len(shown_relations)))
+
+    def _apply_extraction(self, result: Any, context: dict[str, Any], template: MemoryRecord) -> dict[str, Any]:
+        shown, shown_relations = context["shown"], context["relations"]
         texts = [op.text.strip() for op in result.memories if op.text and op.event != "DELETE"]
         names = [name for op in result.memories for rel in op.relations for name in (rel.source, rel.destination)]
         unique = list(dict.fromkeys([*texts, *(n.strip() for n in names)]))
         vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())
-        existing_hashes = self.vectors.known_hashes(template.user_id, scope, [text_hash(t) for t in texts])
+        existing_hashes = self.vectors.known_hashes(template.user_id, context["scope"], [text_hash(t) for t in texts])
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
         self._commit(plan)
         invalidated = [r.to_result() for r in shown_relations if r.id in set(plan["invalidate"])]
+
         def shown_name(name: str) -> str:
             return template.user_id if names_user(name) else name
 
@@ -156,8 +219,10 @@ class Memory:
 
     def update(self, memory_id: str, text: str) -> dict[str, Any]:
         """Replace a memory's text (by the user's hand; the old text stays in its history)."""
+        self._check_open()
         if not isinstance(text, str) or not text.strip():
             raise InputError("the new text must be a non-empty string")
+        _check_encodable(text, "the new text")
         old = self._record(memory_id)
         with self._user_lock(old.user_id):
             plan = pipeline.new_plan(old.user_id, "user", now_ms())
@@ -169,6 +234,7 @@ class Memory:
 
     def delete(self, memory_id: str) -> dict[str, str]:
         """Erase one memory: from Milvus, from the graph (relations only it supported) and from history."""
+        self._check_open()
         record = self._record(memory_id)
         with self._user_lock(record.user_id):
             plan = pipeline.new_plan(record.user_id, "user", now_ms())
@@ -177,20 +243,23 @@ class Memory:
         return {"message": f"memory {memory_id} deleted"}
 
     def delete_all(self, *, user_id: str) -> dict[str, Any]:
-        """Erase everything remembered about one user (vectors, graph, history). Other users are untouched."""
-        user_id = check_id(user_id, "user_id", required=True)
+        """Erase everything remembered about one user (vectors, graph, history), from the stores' files too:
+        nothing of the user's texts is left on disk in Milvus Lite, Kuzu or the history database. Other users
+        are untouched. Journaled like every write: a crash half-way finishes the erasure at the next start."""
+        self._check_open()
+        user_id = _check_text_id(user_id, "user_id", required=True)
         with self._user_lock(user_id):
-            count = self.vectors.delete_user(user_id)
-            self.graph.delete_user(user_id)
-            self.history_db.erase_user(user_id)
+            count = self._commit(pipeline.new_erasure(user_id, now_ms()))
         return {"message": f"deleted {count} memories of user {user_id}", "deleted": count}
 
     def reset(self) -> None:
         """Erase every user's memories, graph and history."""
-        with self._guard:
+        self._check_open()
+        with self._guard, self._commit_lock:
             self.vectors.reset()
             self.graph.reset()
             self.history_db.reset()
+            self._versions.clear()
 
     # -- reading ------------------------------------------------------------------------------------------
     def search(self, query: str, *, user_id: str, agent_id: str | None = None, run_id: str | None = None,
@@ -198,10 +267,12 @@ class Memory:
                threshold: float | None = None) -> dict[str, Any]:
         """The user's memories most relevant to `query` (dense + keyword + graph, recency-aware, no LLM call),
         and the user's graph relations about the entities the query mentions."""
-        user_id = check_id(user_id, "user_id", required=True)
-        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        self._check_open()
+        user_id = _check_text_id(user_id, "user_id", required=True)
+        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
         if not isinstance(query, str):
             raise InputError("query must be a string")
+        _check_encodable(query, "query")
         limit = max(1, min(int(limit), 1000))
         expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
         query = query.strip()[:4000]
@@ -220,21 +291,30 @@ class Memory:
 
     def _rank(self, query: str, vector: np.ndarray, expr: str, user_id: str, limit: int,
               graph_ids: set[str] | None = None) -> list[tuple[MemoryRecord, float]]:
-        pool = max(self.recipe.candidates, limit)
+        recipe, now = self.recipe, now_ms()
+        pool = max(recipe.candidates, limit)
         dense = self.vectors.search_dense(vector, expr, user_id, pool)
-        keyword = self.vectors.search_keyword(query, expr, user_id, pool)
-        return fuse(dense, keyword, graph_ids or set(), self.recipe, now_ms())[:limit]
+        keyword = self.vectors.search_keyword(recipe.keyword_query(query), expr, user_id, pool)
+        ranked = fuse(dense, keyword, graph_ids or set(), recipe, now, query=query)
+        if not (recipe.uses_episodes and recipe.neighbour_windows and ranked):
+            return ranked[:limit]
+        # One more query: the episodes around the best candidates, so their true neighbours count and can rank.
+        window = recipe.episode_window(r for r, _ in ranked[:recipe.neighbour_windows])
+        around = self.vectors.search_dense(vector, combine(expr, window), user_id, recipe.neighbour_rows)
+        return fuse(dense, keyword, graph_ids or set(), recipe, now, query=query, around=around)[:limit]
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """One memory by id, or None."""
+        self._check_open()
         found = self.vectors.get([memory_id]) if isinstance(memory_id, str) and memory_id else []
         return found[0].to_result() if found else None
 
     def get_all(self, *, user_id: str, agent_id: str | None = None, run_id: str | None = None, limit: int = 100,
                 filters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The user's memories, newest first, and the user's current graph relations."""
-        user_id = check_id(user_id, "user_id", required=True)
-        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
+        self._check_open()
+        user_id = _check_text_id(user_id, "user_id", required=True)
+        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
         expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
         records = self.vectors.list(expr, user_id, max(1, int(limit)))
         relations = self.graph.relations(user_id, limit=max(1, int(limit)))
@@ -242,11 +322,13 @@ class Memory:
 
     def relations(self, *, user_id: str, include_invalid: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """The user's graph relations, newest first; with `include_invalid`, also those no longer true."""
-        user_id = check_id(user_id, "user_id", required=True)
+        self._check_open()
+        user_id = _check_text_id(user_id, "user_id", required=True)
         return [r.to_result() for r in self.graph.relations(user_id, current_only=not include_invalid, limit=limit)]
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
         """Every ADD/UPDATE/DELETE of one memory, oldest first."""
+        self._check_open()
         return self.history_db.of_memory(memory_id)
 
     # -- plumbing -----------------------------------------------------------------------------------------
@@ -260,23 +342,45 @@ class Memory:
         with self._guard:
             return self._user_locks[user_id]
 
-    def _commit(self, plan: dict[str, Any]) -> None:
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this Memory is closed; open a new one")
+
+    def _commit(self, plan: dict[str, Any]) -> int:
         """Journal, apply and close a plan: after a crash the journal replays it at the next start."""
-        self.history_db.begin(plan["id"], plan["user_id"], plan)
-        pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
-        self.history_db.commit(plan["id"])
+        with self._commit_lock:
+            self._check_open()
+            self._versions[plan["user_id"]] += 1
+            self.history_db.begin(plan["id"], plan["user_id"], plan)
+            try:
+                count = pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+            except Exception as exc:
+                raise StoreError(f"a store failed while writing ({one_line(exc)}); the write is journaled and "
+                                 "will be completed when the memory is next opened") from exc
+            self.history_db.commit(plan["id"])
+            return count
 
     def _replay_journal(self) -> None:
-        for plan in self.history_db.pending():
-            log.warning("replaying an interrupted memory write (%s)", plan["id"])
-            pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
-            self.history_db.commit(plan["id"])
+        """Apply the plans a crash left open, oldest first; set aside (with a warning) one that cannot be."""
+        for plan_id, raw in self.history_db.pending():
+            try:
+                plan = json.loads(raw)
+                log.warning("replaying an interrupted memory write (%s)", plan_id)
+                pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+            except Exception as exc:
+                self.history_db.set_aside(plan_id, one_line(exc))
+                log.warning("an interrupted memory write (%s) could not be replayed and was set aside in table "
+                            "journal_failed of %s: %s", plan_id, self.config.history_path, one_line(exc))
+                continue
+            self.history_db.commit(plan_id)
 
     def close(self) -> None:
-        """Flush and close every store and release the data directory (idempotent)."""
-        if getattr(self, "_closed", True):
-            return
-        self._closed = True
+        """Flush and close every store and release the data directory (idempotent). Waits for a write in
+        flight; later calls raise `StoreError`."""
+        with self._commit_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._close_opened()
 
     def _close_opened(self) -> None:
@@ -287,6 +391,8 @@ class Memory:
                     store.close()
                 except Exception as exc:  # closing must go on for the other stores
                     log.warning("closing %s failed: %s", name, exc)
+        if getattr(self, "vectors", None) is not None and not self.config.milvus_is_server:
+            _release_milvus_lite(self.config.milvus_uri)
         self._lock.release()
 
     def __enter__(self) -> Memory:
@@ -294,6 +400,20 @@ class Memory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release_milvus_lite(path: str) -> None:
+    """Stop this process' embedded Milvus Lite server for `path`, releasing its file lock.
+
+    Closing the pymilvus client leaves the in-process server running (and its lock held) until the process
+    exits, so no other process could open the data directory after `close()`. (This belongs in
+    `MilvusVectorStore.close`.)"""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
+    except Exception as exc:  # the data is safe either way; only the lock outlives the close
+        log.warning("could not stop the embedded Milvus Lite server for %s: %s", path, one_line(exc))
 
 
 def _normalise_messages(messages: Any) -> list[dict[str, str]]:
@@ -309,7 +429,9 @@ def _normalise_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InputError("each message must be a dict with a string 'content'")
         role = str(message.get("role") or "user")
+        _check_encodable(role, "a message role")
         content = message["content"].replace("\x00", "").strip()
+        _check_encodable(content, "a message")
         if content:
             turns.append({"role": role, "content": content})
     return turns
@@ -320,7 +442,27 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InputError("metadata must be a dict with string keys")
+    try:
+        json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError, UnicodeError) as exc:
+        raise InputError(f"metadata must be plain JSON data (strings, numbers, booleans, lists, dicts): "
+                         f"{one_line(exc)}") from None
     return dict(metadata)
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates cannot be stored or sent anywhere)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+def _check_text_id(value: Any, name: str, required: bool = False) -> str:
+    """`check_id`, and valid Unicode."""
+    checked = check_id(value, name, required)
+    _check_encodable(checked, name)
+    return checked
 
 
 def _conversation_day(timestamp: datetime | str | None, ms: int) -> str:

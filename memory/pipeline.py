@@ -2,7 +2,8 @@
 
 A plan is plain data (JSON) holding everything the stores need, embeddings included, with ids and times fixed
 up front, so applying it twice gives the same state. `Memory` journals the plan, applies it, and marks it
-done; a plan left open by a crash is applied again at the next start.
+done; a plan left open by a crash is applied again at the next start. Erasing a user (`new_erasure`) is a plan
+too, so a crash half-way through an erasure finishes it at the next start.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def new_plan(user_id: str, actor: str, when_ms: int) -> dict[str, Any]:
     """An empty plan for one user."""
     return {"id": str(uuid.uuid4()), "user_id": user_id, "actor": actor, "time": when_ms, "upserts": [],
             "deletes": [], "forget": [], "invalidate": [], "relations": [], "rewritten": [], "history": []}
+
+
+def new_erasure(user_id: str, when_ms: int) -> dict[str, Any]:
+    """A plan erasing everything of one user: vectors, graph and history, from the stores' files too."""
+    plan = new_plan(user_id, "user", when_ms)
+    plan["erase_user"] = True
+    return plan
 
 
 def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
@@ -101,9 +109,17 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
     return results
 
 
-def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History) -> None:
-    """Apply a plan to Milvus, Kuzu and history; every step is idempotent, so replaying is safe."""
+def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History) -> int:
+    """Apply a plan to Milvus, Kuzu and history; every step is idempotent, so replaying is safe.
+
+    Returns the number of memories an erasure plan deleted (0 for other plans)."""
     user_id = plan["user_id"]
+    if plan.get("erase_user"):
+        count = vector_store.delete_user(user_id)
+        purge_deleted_rows(vector_store, user_id)
+        graph.delete_user(user_id)
+        history.erase_user(user_id)  # last: it also drops this plan's journal row
+        return count
     when = datetime.fromtimestamp((plan.get("valid_time") or plan["time"]) / 1000, UTC)
     if plan["upserts"]:
         records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
@@ -128,6 +144,31 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
         graph.invalidate_memories(user_id, plan["rewritten"], when, keep=restated)
     if plan["history"]:
         history.record(plan["history"])
+    return 0
+
+
+def purge_deleted_rows(vector_store: VectorStore, user_id: str) -> None:
+    """Make a user's deleted rows leave the vector store's files.
+
+    Milvus Lite keeps deleted rows in its segment files (a delete only writes a tombstone) until a compaction
+    merges them away, which may never happen. Each user has their own partition on Lite, so dropping it removes
+    the files. A store may offer `purge_user(user_id)` for this; on a Milvus server (partition key) deleted rows
+    go at the server's compaction, which this module cannot force.
+    """
+    purge = getattr(vector_store, "purge_user", None)
+    if callable(purge):
+        purge(user_id)
+        return
+    # MilvusVectorStore on Lite, reached through its partition helper (this belongs in MilvusVectorStore).
+    partition_of = getattr(vector_store, "_partition", None)
+    client = getattr(vector_store, "client", None)
+    if partition_of is None or client is None or getattr(vector_store, "is_server", True):
+        return
+    with vector_store._lock:  # type: ignore[attr-defined]
+        names = partition_of(user_id)
+        if names:
+            client.drop_partition(vector_store.collection, names[0])  # type: ignore[attr-defined]
+            vector_store._partitions.discard(names[0])  # type: ignore[attr-defined]
 
 
 def _relation_type(name: str) -> str:

@@ -1,64 +1,340 @@
-"""Search recipes as data, and the fusion that turns dense, keyword and graph evidence into one ranking.
+"""Search recipes as data, and the fusion that turns dense, keyword, graph and conversation evidence into one ranking.
 
 No LLM is involved: the query is embedded once, the vector store is asked for its nearest and its BM25 best
-rows, the graph for the relations of the entities the query mentions; scores are fused with the recipe's
-weights, and a small recency term lets the newer of two equally relevant memories rank first.
+rows (Milvus' own BM25 function; the keyword query also carries the inflections of its English words), the
+graph for the relations of the entities the query mentions. Each candidate's relevance is its dense and BM25
+scores, min-max normalised over the candidates and weighted; then conversation structure is added: a
+memory said by (or about) a person the query names gains a boost, a memory gains a fraction of the relevance
+of the memories just before and after it in its episode (an answer usually follows the question that names
+the topic), and every memory gains a fraction of its episode's best score. A small recency term lets the
+newer of two equally relevant memories rank first.
+
+Episodes: a user's memories of one agent and run, ordered by (event_time, created_at); two consecutive ones
+belong to the same episode when their event times are at most `episode_gap_minutes` apart.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
+from memory.filters import combine, literal, scope_filter
 from memory.graph_store import USER_ALIASES, Entity
+from memory.keywords import ENGLISH_STOP_WORDS
 from memory.records import MemoryRecord, Relation, normalize_text
 
 DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+NORMALISATIONS = ("minmax", "damped")
 
 
 @dataclass(frozen=True)
 class SearchRecipe:
-    """How to rank memories: candidate pool size and the weight of each kind of evidence."""
+    """How to rank memories: candidate pools, the weight of each kind of evidence, and how turns are indexed.
 
-    candidates: int = 40
-    dense_weight: float = 0.5
-    keyword_weight: float = 0.5
+    Every weight is on the scale of one memory's fused relevance (0..1), so a weight of 0 turns a signal off.
+    """
+
+    candidates: int = 40  # rows asked of each retriever (dense, BM25)
+    dense_weight: float = 0.4
+    keyword_weight: float = 0.6
+    # "minmax": each retriever's scores rescaled over the candidate pool (BM25 from 0, cosine from the pool's
+    # weakest); "damped": cosine as is and BM25 over the best hit, damped so one weak match does not look perfect.
+    normalisation: str = "minmax"
+    # Add the other forms of the query's English words to the BM25 query (paint -> paints, painted, painting,
+    # painter): the analyzer does not stem (Milvus Lite ignores a stemmer filter), so stemming is done here,
+    # on the query side only.
+    expand_keywords: bool = True
+    # A memory whose metadata names a person (these keys) that the query names too.
+    speaker_weight: float = 0.2
+    speaker_keys: tuple[str, ...] = ("speaker",)
+    # A memory linked in the graph to an entity the query names.
     graph_weight: float = 0.15
+    neighbour_weight: float = 0.3  # times the relevance of the memories just before and after, same episode
+    episode_weight: float = 0.2  # times the best score in the memory's episode
+    episode_gap_minutes: float = 60.0
+    # Fetch the episodes around the best `neighbour_windows` candidates (one more query) so that a memory next
+    # to a strong one can be found even when it matched nothing itself; 0 smooths within the candidates only.
+    neighbour_windows: int = 10
+    neighbour_rows: int = 60  # at most this many rows fetched for those windows (the nearest by cosine)
+    # At ingest (infer=False), embed each turn together with the previous memory of its episode; the stored
+    # text is unchanged. A reply such as "Yes, last Tuesday!" is then found by what it answers.
+    context_embedding: bool = True
     recency_weight: float = 0.05
     recency_half_life_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
+
+    @property
+    def episode_gap_ms(self) -> int:
+        """The largest gap between consecutive memories of one episode, in milliseconds."""
+        return int(self.episode_gap_minutes * MINUTE_MS)
+
+    @property
+    def uses_episodes(self) -> bool:
+        """True when ranking looks at a memory's neighbours in its episode."""
+        return bool(self.neighbour_weight or self.episode_weight)
+
+    def keyword_query(self, query: str) -> str:
+        """The text sent to BM25: the query, plus (`expand_keywords`) the other forms of its lower-case English
+        words. Capitalised words other than the first are taken for names and left alone."""
+        if not self.expand_keywords:
+            return query
+        extra: list[str] = []
+        for index, match in enumerate(_LATIN_WORD.finditer(query)):
+            word = match.group()
+            if index and word[0].isupper():
+                continue
+            extra += [form for form in sorted(related_forms(word)) if form not in extra]
+        return f"{query} {' '.join(extra)}" if extra else query
+
+    def episode_window(self, records: Iterable[MemoryRecord]) -> str:
+        """A filter for the memories within one episode gap of these memories' event times (merged windows)."""
+        gap = self.episode_gap_ms
+        merged: list[list[int]] = []
+        for low, high in sorted((_when(r) - gap, _when(r) + gap) for r in records):
+            if merged and low <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], high)
+            else:
+                merged.append([low, high])
+        return " or ".join(f"(event_time >= {low} and event_time <= {high})" for low, high in merged)
+
+    def predecessor_filter(self, record: MemoryRecord) -> str:
+        """A filter for the memories that may precede `record` in its episode (same user, agent and run)."""
+        return combine(scope_filter(record.user_id), f"agent_id == {literal(record.agent_id)}",
+                       f"run_id == {literal(record.run_id)}",
+                       f"event_time >= {record.event_time - self.episode_gap_ms} and event_time <= {record.event_time}")
+
+    def embedding_texts(self, texts: list[str], previous: Iterable[MemoryRecord], when: int) -> list[str]:
+        """What to embed for consecutive turns said at `when` (epoch ms): with `context_embedding`, each turn after
+        the one before it, the first after the latest of `previous` that is at most one episode gap earlier."""
+        if not self.context_embedding:
+            return list(texts)
+        earlier = episode_order(r for r in previous if 0 <= when - _when(r) <= self.episode_gap_ms)
+        before = earlier[-1].text if earlier else None
+        out = []
+        for text in texts:
+            out.append(f"{before}\n{text}" if before else text)
+            before = text
+        return out
 
 
 DEFAULT_RECIPE = SearchRecipe()
 
 
+# -- keyword query -------------------------------------------------------------------------------------------
+_LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_STOP = frozenset(ENGLISH_STOP_WORDS)
+_VOWELS = frozenset("aeiou")
+
+
+# Derivational endings conflated with their stem the way a stemmer would (remind ~ reminder, reject ~ rejection).
+_DERIVATIONS = ("er", "ers", "ion", "ions", "ation", "ations", "ment", "ments", "ly")
+
+
+def _bases(word: str) -> set[str]:
+    """Plausible base forms of a lower-case English word (itself included)."""
+    bases = {word}
+
+    def keep(stem: str, *forms: str) -> None:
+        if len(stem) >= 3:
+            bases.update(forms or (stem,))
+
+    if word.endswith("ies"):
+        keep(word[:-3], word[:-3] + "y", word[:-1])  # studies -> study, movies -> movie
+    elif word.endswith("ied"):
+        keep(word[:-3], word[:-3] + "y")
+    elif word.endswith("es"):
+        keep(word[:-2], word[:-2], word[:-1])
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        keep(word[:-1])
+    elif word.endswith(("ing", "ed")):
+        stem = word[:-3] if word.endswith("ing") else word[:-2]
+        keep(stem, stem, stem + "e", *((stem[:-1],) if len(stem) > 3 and stem[-1] == stem[-2] else ()))
+    else:
+        for ending in _DERIVATIONS:
+            if word.endswith(ending):
+                stem = word[:-len(ending)]
+                keep(stem, stem, stem + "e")
+    return bases
+
+
+def _forms(base: str) -> set[str]:
+    """The regular inflections of an English base form (the base included)."""
+    forms = {base}
+    if base.endswith("e"):
+        forms |= {base + "s", base + "d", base[:-1] + "ing"}
+    elif base.endswith("y") and base[-2] not in _VOWELS:
+        forms |= {base[:-1] + "ies", base[:-1] + "ied", base + "ing"}
+    else:
+        forms |= {base + ("es" if base.endswith(("s", "x", "z", "ch", "sh")) else "s"), base + "ed", base + "ing"}
+        if len(base) <= 4 and base[-1] not in _VOWELS | {"w", "x", "y"} and base[-2] in _VOWELS \
+                and base[-3] not in _VOWELS:
+            forms |= {base + base[-1] + "ed", base + base[-1] + "ing"}  # stop -> stopped, stopping
+    return forms
+
+
+def related_forms(word: str) -> set[str]:
+    """Other forms of an English word that a stemmer would conflate with it (lower case), most of them
+    regular inflections; empty for stop words and words under three letters. Forms that are not words
+    cost nothing: they match no memory."""
+    word = word.lower()
+    if len(word) < 3 or word in _STOP or "'" in word:
+        return set()
+    bases = _bases(word)
+    out: set[str] = set()
+    for base in bases:
+        out |= _forms(base)
+    for root in bases - {word} or bases:  # derivations of the word's root only (not of "studied" itself)
+        stem = root[:-1] if root.endswith("e") else root
+        out |= {stem + ending for ending in _DERIVATIONS}
+    out.discard(word)
+    return {w for w in out if len(w) >= 3 and w not in _STOP}
+
+
+# -- fusion --------------------------------------------------------------------------------------------------
+def _episode_key(record: MemoryRecord) -> tuple[str, str, str]:
+    return (record.user_id, record.agent_id, record.run_id)
+
+
+def _when(record: MemoryRecord) -> int:
+    return record.event_time or record.created_at
+
+
+def episode_order(records: Iterable[MemoryRecord]) -> list[MemoryRecord]:
+    """Memories grouped by user/agent/run, each group in conversation order (event_time, then created_at)."""
+    return sorted(records, key=lambda r: (_episode_key(r), _when(r), r.created_at, r.id))
+
+
+def episode_links(ordered: list[MemoryRecord], gap_ms: int) -> list[bool]:
+    """For each memory of an `episode_order` list: does it continue the episode of the one before it?"""
+    return [i > 0 and _episode_key(ordered[i - 1]) == _episode_key(r) and _when(r) - _when(ordered[i - 1]) <= gap_ms
+            for i, r in enumerate(ordered)]
+
+
+def names_in(query: str, names: Iterable[str]) -> set[str]:
+    """The names (already `normalize_text`-folded) that the folded query contains as whole words."""
+    folded = f" {normalize_text(query)} "
+    found = set()
+    for name in names:
+        if not name:
+            continue
+        if re.fullmatch(r"[\w\s]+", name, re.ASCII):
+            if f" {name} " in folded:
+                found.add(name)
+        elif name in folded:  # Chinese names: no spaces between words
+            found.add(name)
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _folded(name: str) -> str:
+    return normalize_text(name)
+
+
+def _people(record: MemoryRecord, keys: tuple[str, ...]) -> set[str]:
+    people = set()
+    for key in keys:
+        value = record.metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            people.add(_folded(value))
+    return people
+
+
+def _normalised(dense: dict[str, float], keyword: dict[str, float], dense_pool: set[str],
+                recipe: SearchRecipe) -> tuple[dict[str, float], dict[str, float]]:
+    """Dense and BM25 scores on 0..1, by the recipe's normalisation (`dense_pool`: the dense retriever's hits)."""
+    top_keyword = max(keyword.values(), default=0.0)
+    if recipe.normalisation == "damped":
+        damping = min(1.0, top_keyword / 2.0)
+        return ({k: max(0.0, v) for k, v in dense.items()},
+                {k: v / top_keyword * damping for k, v in keyword.items()} if top_keyword else {})
+    # Rows outside the dense pool scored lower than its weakest member: the weakest is the floor, so 0.
+    pooled = [v for k, v in dense.items() if k in dense_pool]
+    low, high = min(pooled, default=0.0), max(pooled, default=0.0)
+    span = high - low
+    dense_norm = {k: (min(1.0, max(0.0, (v - low) / span)) if span > 0 else 1.0) for k, v in dense.items()}
+    return dense_norm, ({k: v / top_keyword for k, v in keyword.items()} if top_keyword else {})
+
+
 def fuse(dense: list[tuple[MemoryRecord, float]], keyword: list[tuple[MemoryRecord, float]],
-         graph_memory_ids: set[str], recipe: SearchRecipe, now_ms: int) -> list[tuple[MemoryRecord, float]]:
-    """Rank the union of candidates by the recipe's weighted evidence, best first."""
+         graph_memory_ids: set[str], recipe: SearchRecipe, now_ms: int, *, query: str = "",
+         around: list[tuple[MemoryRecord, float]] | None = None) -> list[tuple[MemoryRecord, float]]:
+    """Rank the candidates by the recipe's weighted evidence, best first, with scores for `threshold`.
+
+    `dense` and `keyword` are the retrievers' hits (cosine, BM25); `around` are rows fetched from the
+    candidates' episodes with their cosine, which count as neighbours (and may be returned) but bring no
+    relevance of their own unless their cosine reaches the dense pool. The score of the best memory is its
+    absolute match strength (cosine and damped BM25, weighted as in the recipe), the others' are in proportion
+    to their rank score, plus the recency term: so a `threshold` keeps its meaning across queries.
+    """
     records: dict[str, MemoryRecord] = {}
-    dense_score: dict[str, float] = {}
-    keyword_score: dict[str, float] = {}
+    dense_raw: dict[str, float] = {}
+    keyword_raw: dict[str, float] = {}
     for record, score in dense:
         records[record.id] = record
-        dense_score[record.id] = max(0.0, score)
-    top_keyword = max((score for _, score in keyword), default=0.0)
+        dense_raw[record.id] = score
     for record, score in keyword:
         records.setdefault(record.id, record)
-        # BM25 is unbounded: scale by the best hit, damped so one weak match does not look perfect.
-        keyword_score[record.id] = (score / top_keyword) * min(1.0, top_keyword / 2.0) if top_keyword else 0.0
+        keyword_raw[record.id] = max(0.0, score)
+    pool = set(records)
+    for record, score in around or []:
+        records.setdefault(record.id, record)
+        dense_raw.setdefault(record.id, score)
+    if not records:
+        return []
+    dense_norm, keyword_norm = _normalised(dense_raw, keyword_raw, {r.id for r, _ in dense}, recipe)
+    relevance = {i: recipe.dense_weight * dense_norm.get(i, 0.0) + recipe.keyword_weight * keyword_norm.get(i, 0.0)
+                 for i in records}
+    score = dict(relevance)
+    ordered = episode_order(records.values())
+    links = episode_links(ordered, recipe.episode_gap_ms)
+    if recipe.neighbour_weight:
+        for i, record in enumerate(ordered):
+            if links[i]:
+                before = ordered[i - 1].id
+                score[record.id] += recipe.neighbour_weight * relevance[before]
+                score[before] += recipe.neighbour_weight * relevance[record.id]
+    if recipe.speaker_weight and query:
+        people = {i: _people(r, recipe.speaker_keys) for i, r in records.items()}
+        named = names_in(query, set().union(*people.values()))
+        for i, who in people.items():
+            if who & named:
+                score[i] += recipe.speaker_weight
+    if recipe.graph_weight:
+        for i in records.keys() & graph_memory_ids:
+            score[i] += recipe.graph_weight
+    if recipe.episode_weight:
+        start = 0
+        for end in range(1, len(ordered) + 1):
+            if end == len(ordered) or not links[end]:
+                episode = ordered[start:end]
+                best = max(score[r.id] for r in episode)
+                for r in episode:
+                    score[r.id] += recipe.episode_weight * best
+                start = end
+    top = max(score.values())
+    if recipe.normalisation == "minmax":
+        strength = max((recipe.dense_weight * max(0.0, dense_raw.get(i, 0.0))
+                        + recipe.keyword_weight * min(1.0, keyword_raw.get(i, 0.0) / 2.0) for i in pool), default=0.0)
+        scale = strength / top if top > 0 else 0.0
+    else:
+        scale = 1.0
     ranked = []
     for memory_id, record in records.items():
         age_days = max(0.0, (now_ms - (record.event_time or record.updated_at)) / DAY_MS)
         recency = math.pow(0.5, age_days / recipe.recency_half_life_days)
-        score = (recipe.dense_weight * dense_score.get(memory_id, 0.0)
-                 + recipe.keyword_weight * keyword_score.get(memory_id, 0.0)
-                 + recipe.graph_weight * (memory_id in graph_memory_ids)
-                 + recipe.recency_weight * recency)
-        ranked.append((record, score))
+        ranked.append((record, scale * score[memory_id] + recipe.recency_weight * recency))
     ranked.sort(key=lambda pair: (pair[1], pair[0].updated_at), reverse=True)
     return ranked
 
 
+# -- graph ---------------------------------------------------------------------------------------------------
 def mentioned_entities(query: str, entities: list[Entity], user_node: str | None) -> list[Entity]:
     """The entities a query names (by folded name, also inside Chinese text), and the user for I/me/my/我."""
     folded = normalize_text(query)

@@ -5,12 +5,25 @@ COSINE, and, where the engine has it (Milvus 2.5+ and Milvus Lite), a BM25 spars
 own BM25 function over a jieba analyzer, so keyword search tokenises Chinese as well as English. On Milvus
 Lite every user's rows live in their own partition (searches scan only that user's rows); on a server
 `user_id` is the partition key.
+
+On a Milvus server the store also:
+- connects with a bounded timeout and turns a refused token, an unreachable URI or a missing database into a
+  one-line `StoreError` naming the setting to change (MILVUS_TOKEN, MILVUS_URI, MILVUS_DB);
+- detects a server without the BM25 function (Milvus < 2.5, e.g. the 2.3.5 of `pip install milvus`), logs
+  that once per URI, and runs dense-only (plus the graph, which lives elsewhere);
+- reads with "Session" consistency, so a row written by this process is seen by its next search or query
+  (read-your-writes) without paying the wait of "Strong" (about 0.2 s) on every read. Milvus 2.3 answers a
+  delete with no timestamp, which "Session" cannot wait for: the first read after a delete is "Strong";
+- replaces `upsert` by delete-then-insert on servers older than 2.4, whose upsert computes the partition
+  from the wrong field when the collection has a partition key (milvus-io/milvus#30607): the row would be
+  stored but never found by a `user_id == ...` filter. Replaying the pair is idempotent, like an upsert.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from typing import Any, Protocol
 
@@ -30,11 +43,26 @@ logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 jieba.setLogLevel(logging.WARNING)
 
 MAX_TEXT_BYTES = 65_535
+# HNSW (server) graph degree, build-time and least search-time candidate list.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 64
 SCALAR_FIELDS = ["id", "user_id", "agent_id", "run_id", "text", "metadata", "created_at", "updated_at",
                  "event_time", "hash"]
 # Searching many unflushed rows on Milvus Lite is slow (a brute-force scan of a growing segment): flush once
 # this many rows have been written since the last flush.
 FLUSH_EVERY = 64
+# Seconds to wait for a Milvus server's channel before saying it cannot be reached.
+CONNECT_TIMEOUT = 5.0
+# Server reads see this process's own writes (pymilvus keeps the last write timestamp per collection).
+SERVER_CONSISTENCY = "Session"
+# Milvus' BM25 function (full-text search) appeared in 2.5; upsert with a partition key is right from 2.4.
+BM25_SINCE = (2, 5)
+PARTITION_KEY_UPSERT_SINCE = (2, 4)
+# The most rows one plain query returns on a server (Milvus' offset + limit bound).
+SERVER_QUERY_WINDOW = 16_384
+# Each (URI, database, reason) the degraded-mode warning was logged for: it is said once per process.
+_WARNED: set[tuple[str, str, str]] = set()
 
 
 class VectorStore(Protocol):
@@ -63,19 +91,36 @@ class MilvusVectorStore:
         self.dims = dims
         self.collection = collection
         self.is_server = is_server
+        self.uri = uri
+        self.db_name = db_name or "default"
         self._lock = threading.RLock()
         self._unflushed = 0
-        try:
-            kwargs: dict[str, Any] = {"uri": uri}
-            if is_server:
-                kwargs.update(token=token or "", db_name=db_name or "default", timeout=10)
-            self.client = MilvusClient(**kwargs)
-        except Exception as exc:
-            where = f"MILVUS_URI={uri} (token from MILVUS_TOKEN, database {db_name!r})" if is_server else uri
-            raise StoreError(f"cannot open Milvus at {where}: {one_line(exc)}") from exc
+        self.server_version: tuple[int, int, int] | None = None
+        if is_server:
+            self.client = _connect_server(uri, token, self.db_name)
+            try:
+                self.server_version = _parse_version(self.client.get_server_version())
+            except Exception as exc:
+                self.client.close()
+                raise StoreError(f"Milvus at {uri} does not tell its version: {one_line(exc)}") from exc
+        else:
+            try:
+                self.client = MilvusClient(uri=uri)
+            except Exception as exc:
+                raise StoreError(f"cannot open Milvus Lite at {uri}: {one_line(exc)}") from exc
+        self._native_upsert = not (is_server and self.server_version is not None
+                                   and self.server_version < PARTITION_KEY_UPSERT_SINCE)
+        self._deleted_since_read = False
         self.keyword_search = True
         self._partitions: set[str] = set()
-        self._open_collection()
+        try:
+            self._open_collection()
+        except (ConfigError, StoreError):
+            self.client.close()
+            raise
+        except Exception as exc:
+            self.client.close()
+            raise StoreError(f"cannot open the Milvus collection {collection!r} at {uri}: {one_line(exc)}") from exc
 
     # -- schema -------------------------------------------------------------------------------------------
     def _open_collection(self) -> None:
@@ -88,18 +133,40 @@ class MilvusVectorStore:
                                   f"embedder gives {self.dims}; use another collection_name or the matching embedder")
             self.keyword_search = "sparse" in fields
             self._partitioned = not any(f.get("is_partition_key") for f in info["fields"]) and not self.is_server
+            if not self.keyword_search:
+                self._say_no_bm25(self._no_bm25_reason()
+                                  or f"the collection {self.collection!r} was created without a BM25 field")
         else:
             self._partitioned = not self.is_server
-            try:
-                self._create(with_bm25=True)
-            except Exception as exc:
-                log.warning("Milvus at this URI has no BM25 function (%s); keyword search is off, dense only",
-                            one_line(exc))
+            if reason := self._no_bm25_reason():
                 self.keyword_search = False
+                self._say_no_bm25(reason)
                 self._create(with_bm25=False)
+            else:
+                try:
+                    self._create(with_bm25=True)
+                except Exception as exc:
+                    self.keyword_search = False
+                    self._say_no_bm25(f"creating a BM25 field failed ({one_line(exc)})")
+                    self._create(with_bm25=False)
         self.client.load_collection(self.collection)
         if self._partitioned:
             self._partitions = set(self.client.list_partitions(self.collection))
+
+    def _no_bm25_reason(self) -> str:
+        """Why this server cannot have a BM25 field, or "" when it may (Milvus Lite, 2.5+, unknown version)."""
+        if self.server_version is not None and self.server_version < BM25_SINCE:
+            return (f"Milvus {_version_text(self.server_version)} has no BM25 function "
+                    f"(it needs Milvus {_version_text(BM25_SINCE)}+)")
+        return ""
+
+    def _say_no_bm25(self, reason: str) -> None:
+        """Log, once per URI and database, that keyword search is off and why."""
+        key = (self.uri, self.db_name, reason)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("keyword (BM25) search is off for Milvus at %s: %s; memories are found by dense vectors "
+                        "and the graph only", self.uri, reason)
 
     def _create(self, with_bm25: bool) -> None:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -117,15 +184,19 @@ class MilvusVectorStore:
             schema.add_field(name, DataType.INT64)
         schema.add_field("hash", DataType.VARCHAR, max_length=64)
         index = self.client.prepare_index_params()
-        index.add_index("dense", index_type="FLAT" if not self.is_server else "HNSW", metric_type="COSINE",
-                        **({} if not self.is_server else {"params": {"M": 16, "efConstruction": 200}}))
+        if self.is_server:
+            index.add_index("dense", index_type="HNSW", metric_type="COSINE",
+                            params={"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION})
+        else:
+            index.add_index("dense", index_type="FLAT", metric_type="COSINE")
         if with_bm25:
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
                                          input_field_names=["text"], output_field_names=["sparse"]))
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         try:
-            self.client.create_collection(self.collection, schema=schema, index_params=index)
+            self.client.create_collection(self.collection, schema=schema, index_params=index,
+                                          **({"consistency_level": SERVER_CONSISTENCY} if self.is_server else {}))
         except Exception:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
@@ -155,7 +226,11 @@ class MilvusVectorStore:
                 by_user.setdefault(row["user_id"], []).append(row)
             for user_id, user_rows in by_user.items():
                 partition = self._partition(user_id, create=True)
-                self.client.upsert(self.collection, user_rows, **_in_partition(partition))
+                if self._native_upsert:
+                    self.client.upsert(self.collection, user_rows, **_in_partition(partition))
+                else:  # the insert's timestamp, later than the delete's, is what "Session" reads wait for
+                    self.client.delete(self.collection, ids=[row["id"] for row in user_rows])
+                    self.client.insert(self.collection, user_rows)
             self._note_writes(len(rows))
 
     def delete(self, ids: list[str], user_id: str) -> None:
@@ -166,6 +241,7 @@ class MilvusVectorStore:
                 if partition == []:
                     return
                 self.client.delete(self.collection, ids=list(ids), **_in_partition(partition))
+                self._deleted_since_read = self.is_server
                 self._note_writes(len(ids))
 
     def delete_user(self, user_id: str) -> int:
@@ -179,19 +255,31 @@ class MilvusVectorStore:
             for start in range(0, len(ids), 1000):
                 self.client.delete(self.collection, ids=ids[start:start + 1000],
                                    **_in_partition(partition))
+            self._deleted_since_read = self.is_server and bool(ids)
             self._note_writes(len(ids))
             self.flush()
             return len(ids)
 
+    def _read_options(self) -> dict[str, Any]:
+        """The consistency of the next read on a server (call with the lock held); nothing on Milvus Lite."""
+        if not self.is_server:
+            return {}
+        if self._deleted_since_read:
+            self._deleted_since_read = False
+            return {"consistency_level": "Strong"}
+        return {"consistency_level": SERVER_CONSISTENCY}
+
     def _note_writes(self, count: int) -> None:
+        if self.is_server:
+            return  # a server seals segments itself and keeps writes in its log; a flush would cost ~1 s
         self._unflushed += count
         if self._unflushed >= FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        """Seal freshly written rows so searches over them stay fast."""
+        """Seal freshly written rows so searches over them stay fast (Milvus Lite; a no-op on a server)."""
         with self._lock:
-            if self._unflushed:
+            if self._unflushed and not self.is_server:
                 self.client.flush(self.collection)
                 self._unflushed = 0
 
@@ -212,7 +300,8 @@ class MilvusVectorStore:
         if not ids:
             return []
         with self._lock:
-            rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS)
+            rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS,
+                                   **self._read_options())
         return [_record(r) for r in rows]
 
     def list(self, expr: str, user_id: str, limit: int | None) -> list[MemoryRecord]:
@@ -226,7 +315,16 @@ class MilvusVectorStore:
         return records[:limit] if limit else records
 
     def _query(self, expr: str, partition: list[str] | None, fields: list[str], limit: int | None) -> list[dict]:
-        kwargs = {"partition_names": partition} if partition else {}
+        """Every row matching `expr` (up to `limit`), with these fields. Call with the lock held."""
+        kwargs: dict[str, Any] = {"partition_names": partition} if partition else {}
+        if self.is_server:
+            # One plain query answers most calls: a query iterator costs ~1 s on a server (its set-up and each
+            # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
+            window = min(limit, SERVER_QUERY_WINDOW) if limit else SERVER_QUERY_WINDOW
+            rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
+                                     **kwargs, **self._read_options())
+            if len(rows) < window or (limit and limit <= SERVER_QUERY_WINDOW):
+                return list(rows)
         out: list[dict] = []
         iterator = self.client.query_iterator(self.collection, batch_size=1000, filter=expr, output_fields=fields,
                                               limit=limit if limit else -1, **kwargs)
@@ -239,7 +337,10 @@ class MilvusVectorStore:
 
     def search_dense(self, vector: np.ndarray, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Nearest rows by cosine similarity (higher is closer)."""
-        return self._search([vector.tolist()], "dense", {"metric_type": "COSINE"}, expr, user_id, limit, sign=1.0)
+        params: dict[str, Any] = {"metric_type": "COSINE"}
+        if self.is_server:  # HNSW: the candidate list must hold at least `limit` rows
+            params["params"] = {"ef": max(limit, HNSW_EF_SEARCH)}
+        return self._search([vector.tolist()], "dense", params, expr, user_id, limit, sign=1.0)
 
     def search_keyword(self, text: str, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Rows ranked by BM25 over the jieba-analysed text (positive scores; empty without BM25 support)."""
@@ -255,7 +356,7 @@ class MilvusVectorStore:
             if partition == []:
                 return []
             hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                      search_params=params, output_fields=SCALAR_FIELDS,
+                                      search_params=params, output_fields=SCALAR_FIELDS, **self._read_options(),
                                       **({"partition_names": partition} if partition else {}))
         out = []
         for hit in hits[0] if hits else []:
@@ -279,6 +380,61 @@ class MilvusVectorStore:
                 self.flush()
             finally:
                 self.client.close()
+
+
+def _connect_server(uri: str, token: str | None, db_name: str) -> MilvusClient:
+    """A client of a Milvus server, or a one-line `StoreError` naming the setting that is wrong."""
+    try:
+        client = MilvusClient(uri=uri, token=token or "", db_name=db_name, timeout=CONNECT_TIMEOUT)
+    except Exception as exc:
+        code, details = _grpc_status(exc)
+        if code in {"UNAUTHENTICATED", "PERMISSION_DENIED"}:
+            said = "no token was given" if not token else "the token was refused"
+            raise StoreError(f"Milvus at {uri} refused the connection: {said} ({details}); set MILVUS_TOKEN "
+                             f"(vector_store.config.token) to 'user:password' or an API key") from None
+        timed_out = code == "DEADLINE_EXCEEDED"
+        reason = f"no answer within {CONNECT_TIMEOUT:g} s" if timed_out else details or one_line(exc)
+        raise StoreError(f"cannot reach Milvus at MILVUS_URI={uri} (vector_store.config.url): {reason}") from None
+    try:
+        databases = client.list_databases()
+    except Exception as exc:  # e.g. a user without the privilege: let the first real operation tell
+        log.debug("cannot list Milvus databases: %s", one_line(exc))
+        return client
+    if db_name not in databases:
+        client.close()
+        raise StoreError(f"Milvus at {uri} has no database {db_name!r}: create it or set MILVUS_DB "
+                         f"(vector_store.config.db_name) to one of: {', '.join(sorted(databases))}")
+    return client
+
+
+def _grpc_status(exc: BaseException) -> tuple[str, str]:
+    """The gRPC status name and details behind a pymilvus error (its cause chain may loop), or ("", "")."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "code", None)
+        details = getattr(current, "details", None)
+        if callable(code) and callable(details):
+            try:
+                name = getattr(code(), "name", "")
+                text = " ".join(str(details() or "").split())
+            except Exception:  # not a grpc error after all
+                name, text = "", ""
+            if name:
+                return name, text[:200]
+        current = current.__cause__ or current.__context__
+    return "", ""
+
+
+def _parse_version(text: str) -> tuple[int, int, int] | None:
+    """(2, 3, 5) from "v2.3.5-lite"; None when the server's version string has no such numbers."""
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text or ""))
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+def _version_text(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
 
 
 def _in_partition(partition: list[str] | None) -> dict[str, str]:

@@ -1,0 +1,234 @@
+"""The search signals of the default recipe: keyword forms, speaker boost, episode neighbours and prior, context
+embedding at ingest, and scores that keep `threshold` meaningful.
+
+The fusion tests run on hand-made records (no stores); the rest on real Milvus Lite and Kuzu with the local
+embedder, as `Memory` is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_memory
+from langchain_core.embeddings import Embeddings
+
+from memory import Memory, MemoryConfig, SearchRecipe
+from memory.embeddings import shared_local_embedder
+from memory.records import MemoryRecord
+from memory.search import DEFAULT_RECIPE, fuse, names_in, related_forms
+
+HOUR_MS = 3_600_000
+T0 = 1_700_000_000_000
+SIGNALS_OFF = dataclasses.replace(DEFAULT_RECIPE, speaker_weight=0.0, neighbour_weight=0.0, episode_weight=0.0)
+
+
+def record(memory_id: str, text: str = "", *, at: int = T0, run_id: str = "", **metadata: Any) -> MemoryRecord:
+    """A memory of user u, said at `at` (epoch ms)."""
+    return MemoryRecord(id=memory_id, user_id="u", text=text or memory_id, run_id=run_id, metadata=metadata,
+                        created_at=at, updated_at=at, event_time=at)
+
+
+def order(ranked: list[tuple[MemoryRecord, float]]) -> list[str]:
+    """The ids of a ranking, best first."""
+    return [r.id for r, _ in ranked]
+
+
+def texts(found: dict[str, Any]) -> list[str]:
+    """The memory texts of a search answer, in order."""
+    return [r["memory"] for r in found["results"]]
+
+
+# -- keyword query ------------------------------------------------------------------------------------------
+def test_keyword_query_adds_the_forms_a_stemmer_would_conflate() -> None:
+    assert {"paints", "painted", "painting", "painter"} <= related_forms("paint")
+    assert "paint" in related_forms("painting")
+    assert {"study", "studying"} <= related_forms("studies")
+    assert "movie" in related_forms("movies")
+    assert "stop" in related_forms("stopped")
+    assert {"remind", "reminds"} <= related_forms("reminder")
+    assert "rejection" in related_forms("rejected")
+    assert related_forms("what") == set() and related_forms("to") == set()
+    query = "What did Caroline paint?"
+    expanded = DEFAULT_RECIPE.keyword_query(query)
+    assert expanded.startswith(query) and "painting" in expanded.split()
+    assert not any(word.startswith("caroline") for word in expanded.lower().split()[4:]), "names are left alone"
+    assert dataclasses.replace(DEFAULT_RECIPE, expand_keywords=False).keyword_query(query) == query
+    assert DEFAULT_RECIPE.keyword_query("我喜欢打羽毛球吗?") == "我喜欢打羽毛球吗?"
+
+
+# -- fusion -------------------------------------------------------------------------------------------------
+def test_a_memory_gains_from_its_neighbours_only_within_its_episode() -> None:
+    question = record("question", at=T0)
+    answer = record("answer", at=T0 + 60_000)
+    later = record("two hours later", at=T0 + 2 * HOUR_MS)
+    other_run = record("other run", at=T0 + 30_000, run_id="r2")
+    keyword = [(question, 6.0)]
+    dense = [(question, 0.6), (answer, 0.3), (later, 0.3), (other_run, 0.3)]
+    ranked = fuse(dense, keyword, set(), DEFAULT_RECIPE, T0, query="q")
+    assert order(ranked)[:2] == ["question", "answer"]
+    score = dict((r.id, s) for r, s in ranked)
+    assert score["answer"] > score["two hours later"] == pytest.approx(score["other run"])
+    plain = dict((r.id, s) for r, s in fuse(dense, keyword, set(), SIGNALS_OFF, T0, query="q"))
+    assert plain["answer"] == pytest.approx(plain["two hours later"])
+
+
+def test_neighbours_fetched_around_the_candidates_can_rank() -> None:
+    question = record("question", at=T0)
+    reply = record("reply", at=T0 + 1)  # matched nothing: only fetched from the question's episode
+    far = record("far", at=T0 + 5 * HOUR_MS)
+    ranked = fuse([(question, 0.6), (far, 0.5)], [(question, 6.0)], set(), DEFAULT_RECIPE, T0, query="q",
+                  around=[(reply, 0.1)])
+    assert order(ranked) == ["question", "reply", "far"]
+
+
+def test_a_memory_whose_speaker_the_query_names_is_boosted() -> None:
+    by_caroline = record("c", "I went to the support group", speaker="Caroline")
+    by_melanie = record("m", "I went to the support group", speaker="Melanie")
+    hits = [(by_melanie, 0.5), (by_caroline, 0.5)]
+    speaker_only = dataclasses.replace(SIGNALS_OFF, speaker_weight=0.2)
+    for query, first in (("Where did Caroline go?", "c"), ("Where did Melanie go?", "m")):
+        assert order(fuse(hits, [], set(), speaker_only, T0, query=query))[0] == first
+    assert names_in("Did Carol go?", {"caroline", "carol"}) == {"carol"}
+    assert names_in("彼得是谁", {"彼得"}) == {"彼得"}
+
+
+def test_a_memory_linked_in_the_graph_to_a_named_entity_is_boosted() -> None:
+    a, b = record("a", at=T0), record("b", at=T0 + 3 * HOUR_MS)
+    assert order(fuse([(a, 0.5), (b, 0.5)], [], {"b"}, DEFAULT_RECIPE, T0, query="q"))[0] == "b"
+
+
+def test_the_best_score_is_the_absolute_strength_of_the_match() -> None:
+    recipe = dataclasses.replace(DEFAULT_RECIPE, recency_weight=0.0)
+    strong, weak = record("strong", at=T0), record("weak", at=T0 + 3 * HOUR_MS)
+    ranked = fuse([(strong, 0.5), (weak, 0.2)], [(strong, 4.0)], set(), recipe, T0, query="q")
+    assert ranked[0][1] == pytest.approx(0.4 * 0.5 + 0.6 * 1.0)
+    faint = fuse([(strong, 0.12), (weak, 0.1)], [], set(), recipe, T0, query="q")
+    assert faint[0][1] == pytest.approx(0.4 * 0.12) and faint[0][1] < 0.15
+
+
+def test_an_unknown_normalisation_is_refused() -> None:
+    with pytest.raises(ValueError, match="normalisation"):
+        SearchRecipe(normalisation="zscore")
+
+
+# -- on the real stores ---------------------------------------------------------------------------------------
+class RecordingEmbedder(Embeddings):
+    """The local embedder, through the generic interface, remembering every text it was asked to embed."""
+
+    dims = 512
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed and record."""
+        self.seen.extend(texts)
+        return shared_local_embedder().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one text and record it."""
+        return self.embed_documents([text])[0]
+
+
+@pytest.fixture
+def recording() -> RecordingEmbedder:
+    """A fresh recording embedder."""
+    return RecordingEmbedder()
+
+
+@pytest.fixture
+def mem(data_dir: Path, recording: RecordingEmbedder) -> Iterator[Memory]:
+    """A Memory on fresh stores whose embedder records what it embeds; no LLM."""
+    cfg = MemoryConfig.from_env({})
+    cfg.data_dir = str(data_dir)
+    memory = Memory(cfg, embedder=recording)
+    yield memory
+    memory.close()
+
+
+def test_a_turn_is_embedded_after_the_previous_memory_of_its_episode(mem: Memory,
+                                                                      recording: RecordingEmbedder) -> None:
+    start = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    mem.add("Caroline: I went to the support group.", user_id="u", infer=False, timestamp=start)
+    mem.add("Melanie: How was it?", user_id="u", infer=False, timestamp=start + timedelta(minutes=2))
+    mem.add("Bob: hello", user_id="someone else", infer=False, timestamp=start + timedelta(minutes=3))
+    mem.add([{"role": "user", "content": "Caroline: Powerful."}, {"role": "user", "content": "Melanie: Glad!"}],
+            user_id="u", infer=False, timestamp=start + timedelta(minutes=4))
+    mem.add("Caroline: A new day.", user_id="u", infer=False, timestamp=start + timedelta(hours=3))
+    mem.add("In another run.", user_id="u", run_id="r2", infer=False, timestamp=start + timedelta(hours=3))
+    assert recording.seen == ["Caroline: I went to the support group.",
+                              "Caroline: I went to the support group.\nMelanie: How was it?",
+                              "Bob: hello",
+                              "Melanie: How was it?\nCaroline: Powerful.",
+                              "Caroline: Powerful.\nMelanie: Glad!",
+                              "Caroline: A new day.",  # more than an hour after: a new episode
+                              "In another run."]
+    stored = mem.get_all(user_id="u", limit=100)["results"]
+    assert sorted(r["memory"] for r in stored) == sorted(["Caroline: I went to the support group.",
+                                                          "Melanie: How was it?", "Caroline: Powerful.",
+                                                          "Melanie: Glad!", "Caroline: A new day.",
+                                                          "In another run."]), "stored texts are unchanged"
+    batch = sorted((r for r in stored if r["memory"] in {"Caroline: Powerful.", "Melanie: Glad!"}),
+                   key=lambda r: r["created_at"])
+    assert [r["memory"] for r in batch] == ["Caroline: Powerful.", "Melanie: Glad!"], "one call keeps its order"
+
+
+def test_context_embedding_can_be_turned_off(data_dir: Path, recording: RecordingEmbedder) -> None:
+    cfg = MemoryConfig.from_env({})
+    cfg.data_dir = str(data_dir)
+    with Memory(cfg, embedder=recording, recipe=SearchRecipe(context_embedding=False)) as memory:
+        memory.add([{"role": "user", "content": "one"}, {"role": "user", "content": "two"}], user_id="u",
+                   infer=False)
+    assert recording.seen == ["one", "two"]
+
+
+CONVERSATION = [
+    "Caroline: Have you read anything good lately?",
+    "Melanie: Yes! 'Charlotte's Web' - it reminded me of my childhood.",
+    "Caroline: Oh I loved that one as a kid.",
+    "Melanie: How is the new job going?",
+    "Caroline: Busy, but the team is great.",
+]
+OTHER_DAY = [
+    "Melanie: We went camping at the lake last weekend.",
+    "Caroline: Sounds lovely, did the kids like it?",
+    "Melanie: They loved roasting marshmallows.",
+    "Caroline: I started a pottery class on Tuesdays.",
+]
+
+
+def test_a_reply_is_found_through_the_turn_it_answers(data_dir: Path) -> None:
+    memory = make_memory(data_dir)
+    try:
+        day = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+        for number, session in enumerate((CONVERSATION, OTHER_DAY)):
+            for text in session:
+                memory.add(text, user_id="u", infer=False, timestamp=day + timedelta(days=3 * number),
+                           metadata={"speaker": text.split(":")[0]})
+        reply = CONVERSATION[1]
+        found = texts(memory.search("What has Melanie been reading?", user_id="u", limit=3))
+        assert reply in found
+        unrelated = memory.search("How do I renew a passport in Norway?", user_id="u", threshold=0.15)
+        assert unrelated["results"] == [], "an unrelated question recalls nothing above the agent's threshold"
+        relevant = memory.search("What did Melanie do at the lake?", user_id="u", threshold=0.15)
+        assert texts(relevant)[0] == OTHER_DAY[0]
+    finally:
+        memory.close()
+
+
+def test_a_deleted_or_reset_turn_is_never_embedded_again(mem: Memory, recording: RecordingEmbedder) -> None:
+    start = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    mem.add("first", user_id="u", infer=False, timestamp=start)
+    second = mem.add("second", user_id="u", infer=False, timestamp=start + timedelta(minutes=1))
+    mem.delete(second["results"][0]["id"])
+    mem.add("third", user_id="u", infer=False, timestamp=start + timedelta(minutes=2))
+    mem.delete_all(user_id="u")
+    mem.add("fourth", user_id="u", infer=False, timestamp=start + timedelta(minutes=3))
+    mem.reset()
+    mem.add("fifth", user_id="u", infer=False, timestamp=start + timedelta(minutes=4))
+    assert recording.seen == ["first", "first\nsecond", "first\nthird", "fourth", "fifth"]
