@@ -531,7 +531,7 @@ def fault_trial(data_dir: Path, kind: str, memory: Memory | None = None) -> tupl
     elif kind == "429-retry-after":
         script, retries, succeed = [fake.Fault("status", status=429, retry_after=1.0), good], 1, True
     elif kind == "hang":
-        script, timeout, succeed, bound = [fake.Fault("hang", seconds=30)], 1.0, False, 4.0
+        script, timeout, succeed, bound = [fake.Fault("hang", seconds=30)], 1.0, False, 8.0
     elif kind == "malformed":
         script, succeed = [fake.Fault("malformed")], False
     elif kind == "truncated":

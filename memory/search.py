@@ -1,7 +1,7 @@
 """Search recipes as data, and the fusion that turns dense, keyword, graph and conversation evidence into one ranking.
 
 No LLM is involved: the query is embedded once, the vector store is asked for its nearest and its BM25 best
-rows (Milvus' own BM25 function; the keyword query also carries the inflections of its English words), the
+rows (Milvus' own BM25 function; the keyword query also carries other forms of its English words), the
 graph for the relations of the entities the query mentions. Each candidate's relevance is its dense and BM25
 scores, min-max normalised over the candidates and weighted; then conversation structure is added: a
 memory said by (or about) a person the query names gains a boost, a memory gains a fraction of the relevance
@@ -50,7 +50,7 @@ class SearchRecipe:
     expand_keywords: bool = True
     # A memory whose metadata names a person (these keys) that the query names too.
     speaker_weight: float = 0.2
-    speaker_keys: tuple[str, ...] = ("speaker",)
+    speaker_keys: tuple[str, ...] = ("speaker", "author", "person")
     # A memory linked in the graph to an entity the query names.
     graph_weight: float = 0.15
     neighbour_weight: float = 0.3  # times the relevance of the memories just before and after, same episode
@@ -65,10 +65,16 @@ class SearchRecipe:
     context_embedding: bool = True
     recency_weight: float = 0.05
     recency_half_life_days: float = 30.0
+    # Cosines of the embedder for unrelated and for clearly related texts (the local USE model: about 0.1 and
+    # 0.4 and up); they calibrate the scores that `threshold` compares to (see `match_strength`).
+    unrelated_cosine: float = 0.1
+    related_cosine: float = 0.4
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
+        if not self.related_cosine > self.unrelated_cosine:
+            raise ValueError("related_cosine must be above unrelated_cosine")
 
     @property
     def episode_gap_ms(self) -> int:
@@ -262,6 +268,17 @@ def _normalised(dense: dict[str, float], keyword: dict[str, float], dense_pool: 
     return dense_norm, ({k: v / top_keyword for k, v in keyword.items()} if top_keyword else {})
 
 
+def match_strength(cosine: float, bm25: float, recipe: SearchRecipe) -> float:
+    """How well one memory matches the query on an absolute 0..1 scale: what the best result's score says.
+
+    BM25 (damped: a score of 2 is a full match) counts only as far as the memory is also close in meaning,
+    so a question sharing one word with an unrelated memory does not look like a match.
+    """
+    closeness = (cosine - recipe.unrelated_cosine) / (recipe.related_cosine - recipe.unrelated_cosine)
+    return (recipe.dense_weight * max(0.0, cosine)
+            + recipe.keyword_weight * min(1.0, bm25 / 2.0) * min(1.0, max(0.0, closeness)))
+
+
 def fuse(dense: list[tuple[MemoryRecord, float]], keyword: list[tuple[MemoryRecord, float]],
          graph_memory_ids: set[str], recipe: SearchRecipe, now_ms: int, *, query: str = "",
          around: list[tuple[MemoryRecord, float]] | None = None) -> list[tuple[MemoryRecord, float]]:
@@ -269,9 +286,9 @@ def fuse(dense: list[tuple[MemoryRecord, float]], keyword: list[tuple[MemoryReco
 
     `dense` and `keyword` are the retrievers' hits (cosine, BM25); `around` are rows fetched from the
     candidates' episodes with their cosine, which count as neighbours (and may be returned) but bring no
-    relevance of their own unless their cosine reaches the dense pool. The score of the best memory is its
-    absolute match strength (cosine and damped BM25, weighted as in the recipe), the others' are in proportion
-    to their rank score, plus the recency term: so a `threshold` keeps its meaning across queries.
+    relevance of their own unless their cosine reaches the dense pool. The score of the best memory is the
+    best absolute `match_strength` among the candidates, the others' are in proportion to their rank score, plus
+    the recency term: so a `threshold` keeps its meaning across queries.
     """
     records: dict[str, MemoryRecord] = {}
     dense_raw: dict[str, float] = {}
@@ -320,8 +337,9 @@ def fuse(dense: list[tuple[MemoryRecord, float]], keyword: list[tuple[MemoryReco
                 start = end
     top = max(score.values())
     if recipe.normalisation == "minmax":
-        strength = max((recipe.dense_weight * max(0.0, dense_raw.get(i, 0.0))
-                        + recipe.keyword_weight * min(1.0, keyword_raw.get(i, 0.0) / 2.0) for i in pool), default=0.0)
+        floor = min((score for _, score in dense), default=0.0)  # a BM25-only hit is at most this close
+        strength = max((match_strength(dense_raw.get(i, floor), keyword_raw.get(i, 0.0), recipe) for i in pool),
+                       default=0.0)
         scale = strength / top if top > 0 else 0.0
     else:
         scale = 1.0

@@ -109,11 +109,15 @@ def test_the_best_score_is_the_absolute_strength_of_the_match() -> None:
     assert ranked[0][1] == pytest.approx(0.4 * 0.5 + 0.6 * 1.0)
     faint = fuse([(strong, 0.12), (weak, 0.1)], [], set(), recipe, T0, query="q")
     assert faint[0][1] == pytest.approx(0.4 * 0.12) and faint[0][1] < 0.15
+    one_shared_word = fuse([(strong, 0.1), (weak, 0.05)], [(strong, 4.0)], set(), recipe, T0, query="q")
+    assert one_shared_word[0][1] == pytest.approx(0.4 * 0.1), "BM25 counts only as far as the meaning is close"
 
 
-def test_an_unknown_normalisation_is_refused() -> None:
+def test_an_inconsistent_recipe_is_refused() -> None:
     with pytest.raises(ValueError, match="normalisation"):
         SearchRecipe(normalisation="zscore")
+    with pytest.raises(ValueError, match="related_cosine"):
+        SearchRecipe(unrelated_cosine=0.5, related_cosine=0.4)
 
 
 # -- on the real stores ---------------------------------------------------------------------------------------
