@@ -206,8 +206,10 @@ OTHER_DAY = [
 ]
 
 
-def test_a_reply_is_found_through_the_turn_it_answers(data_dir: Path) -> None:
+@pytest.mark.parametrize("windows", [0, 10], ids=["neighbours among candidates", "neighbours fetched"])
+def test_a_reply_is_found_through_the_turn_it_answers(data_dir: Path, windows: int) -> None:
     memory = make_memory(data_dir)
+    memory.recipe = dataclasses.replace(DEFAULT_RECIPE, neighbour_windows=windows)
     try:
         day = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
         for number, session in enumerate((CONVERSATION, OTHER_DAY)):
