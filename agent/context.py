@@ -11,8 +11,10 @@ class Context:
 
     user_id: str
     recall_limit: int = 8
-    # The best result's score is its absolute match (0.4 x cosine + 0.6 x BM25, the BM25 part counting only as far
-    # as the memory is close in meaning), the others' in proportion to their rank score. Below this is noise (a
-    # faint vector match, a word shared with an unrelated memory, recency) that would only pad the prompt.
-    recall_min_score: float = 0.15
+    # The best result's score is its absolute match (0.5 x cosine on the reference scale + 0.5 x BM25, the BM25 part
+    # counting only as far as the memory is close in meaning), the others' in proportion to their rank score.
+    # Below this is noise that would only pad the prompt. The default e5 embedder separates related from
+    # unrelated short texts less sharply than USE did, so the floor sits low: a "hello" may still recall a few
+    # memories (at most `recall_limit`), while "Can you recommend a movie?" must find "Dislikes thrillers".
+    recall_min_score: float = 0.1
     history_messages: int = 12

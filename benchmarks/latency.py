@@ -126,7 +126,7 @@ def time_floor(memory: Memory, texts: list[str], queries: list[str]) -> list[flo
     times = []
     for query in queries:
         began = time.perf_counter()
-        vector = embed(memory.embedder, [query])[0]
+        vector = embed(memory.embedder, [query], query=True)[0]
         scores = matrix @ vector
         top = np.argpartition(-scores, 10)[:10]
         top[np.argsort(-scores[top])]

@@ -28,7 +28,7 @@ from langchain_core.language_models import BaseChatModel
 
 from memory import pipeline
 from memory.config import MemoryConfig
-from memory.embeddings import embed, make_embedder
+from memory.embeddings import cosine_range, embed, make_embedder
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_id, combine, metadata_filter, scope_filter
 from memory.graph_store import KuzuGraphStore, names_user
@@ -54,8 +54,8 @@ class Memory:
                  embedder: Embeddings | None = None, recipe: SearchRecipe = DEFAULT_RECIPE) -> None:
         """Open (or create) the stores. With no arguments: embedded defaults and the LLM from the environment."""
         self.config = config or MemoryConfig.from_env()
-        self.recipe = recipe
         self.embedder = embedder or make_embedder(self.config.embedder)
+        self.recipe = recipe.for_embedder(cosine_range(self.embedder))
         self.llm = llm if llm is not None else (make_chat_model(self.config.llm) if self.config.llm else None)
         self._closed = True
         self._commit_lock = threading.Lock()  # one plan applied at a time; close() waits for the one in flight
@@ -181,7 +181,7 @@ class Memory:
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
-        query_vector = embed(self.embedder, [user_text[:4000]])[0]
+        query_vector = embed(self.embedder, [user_text[:4000]], query=True)[0]
         shown = [r for r, _ in self._rank(user_text[:4000], query_vector, scope, template.user_id, RELATED_MEMORIES)]
         entities = self.graph.entities(template.user_id)
         mentioned = mentioned_entities(user_text, entities, "user")
@@ -278,7 +278,7 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
-        vector = embed(self.embedder, [query])[0]
+        vector = embed(self.embedder, [query], query=True)[0]
         entities = self.graph.entities(user_id)
         mentioned = mentioned_entities(query, entities, "user")
         relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
@@ -294,7 +294,7 @@ class Memory:
         recipe, now = self.recipe, now_ms()
         pool = max(recipe.candidates, limit)
         dense = self.vectors.search_dense(vector, expr, user_id, pool)
-        keyword = self.vectors.search_keyword(recipe.keyword_query(query), expr, user_id, pool)
+        keyword = self.vectors.search_keyword(query, expr, user_id, pool)
         ranked = fuse(dense, keyword, graph_ids or set(), recipe, now, query=query)
         if not (recipe.uses_episodes and recipe.neighbour_windows and ranked):
             return ranked[:limit]
@@ -391,8 +391,6 @@ class Memory:
                     store.close()
                 except Exception as exc:  # closing must go on for the other stores
                     log.warning("closing %s failed: %s", name, exc)
-        if getattr(self, "vectors", None) is not None and not self.config.milvus_is_server:
-            _release_milvus_lite(self.config.milvus_uri)
         self._lock.release()
 
     def __enter__(self) -> Memory:
@@ -400,20 +398,6 @@ class Memory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _release_milvus_lite(path: str) -> None:
-    """Stop this process' embedded Milvus Lite server for `path`, releasing its file lock.
-
-    Closing the pymilvus client leaves the in-process server running (and its lock held) until the process
-    exits, so no other process could open the data directory after `close()`. (This belongs in
-    `MilvusVectorStore.close`.)"""
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(path)
-    except Exception as exc:  # the data is safe either way; only the lock outlives the close
-        log.warning("could not stop the embedded Milvus Lite server for %s: %s", path, one_line(exc))
 
 
 def _normalise_messages(messages: Any) -> list[dict[str, str]]:

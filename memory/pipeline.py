@@ -116,7 +116,6 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
     user_id = plan["user_id"]
     if plan.get("erase_user"):
         count = vector_store.delete_user(user_id)
-        purge_deleted_rows(vector_store, user_id)
         graph.delete_user(user_id)
         history.erase_user(user_id)  # last: it also drops this plan's journal row
         return count
@@ -145,30 +144,6 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
     if plan["history"]:
         history.record(plan["history"])
     return 0
-
-
-def purge_deleted_rows(vector_store: VectorStore, user_id: str) -> None:
-    """Make a user's deleted rows leave the vector store's files.
-
-    Milvus Lite keeps deleted rows in its segment files (a delete only writes a tombstone) until a compaction
-    merges them away, which may never happen. Each user has their own partition on Lite, so dropping it removes
-    the files. A store may offer `purge_user(user_id)` for this; on a Milvus server (partition key) deleted rows
-    go at the server's compaction, which this module cannot force.
-    """
-    purge = getattr(vector_store, "purge_user", None)
-    if callable(purge):
-        purge(user_id)
-        return
-    # MilvusVectorStore on Lite, reached through its partition helper (this belongs in MilvusVectorStore).
-    partition_of = getattr(vector_store, "_partition", None)
-    client = getattr(vector_store, "client", None)
-    if partition_of is None or client is None or getattr(vector_store, "is_server", True):
-        return
-    with vector_store._lock:  # type: ignore[attr-defined]
-        names = partition_of(user_id)
-        if names:
-            client.drop_partition(vector_store.collection, names[0])  # type: ignore[attr-defined]
-            vector_store._partitions.discard(names[0])  # type: ignore[attr-defined]
 
 
 def _relation_type(name: str) -> str:

@@ -1,7 +1,7 @@
 """Search recipes as data, and the fusion that turns dense, keyword, graph and conversation evidence into one ranking.
 
 No LLM is involved: the query is embedded once, the vector store is asked for its nearest and its BM25 best
-rows (Milvus' own BM25 function; the keyword query also carries other forms of its English words), the
+rows (Milvus' own BM25 function over stemmed text, see `memory.keywords`), the
 graph for the relations of the entities the query mentions. Each candidate's relevance is its dense and BM25
 scores, min-max normalised over the candidates and weighted; then conversation structure is added: a
 memory said by (or about) a person the query names gains a boost, a memory gains a fraction of the relevance
@@ -22,15 +22,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from memory.filters import combine, literal, scope_filter
 from memory.graph_store import USER_ALIASES, Entity
-from memory.keywords import ENGLISH_STOP_WORDS
 from memory.records import MemoryRecord, Relation, normalize_text
 
 DAY_MS = 86_400_000
+# The cosine scale that scores are expressed on (unrelated, related: the USE model's); an embedder's cosines are
+# mapped onto it, so one `threshold` means the same with every embedder.
+REFERENCE_COSINES = (0.1, 0.4)
 MINUTE_MS = 60_000
 NORMALISATIONS = ("minmax", "damped")
 
@@ -43,15 +45,11 @@ class SearchRecipe:
     """
 
     candidates: int = 40  # rows asked of each retriever (dense, BM25)
-    dense_weight: float = 0.4
-    keyword_weight: float = 0.6
+    dense_weight: float = 0.5
+    keyword_weight: float = 0.5
     # "minmax": each retriever's scores rescaled over the candidate pool (BM25 from 0, cosine from the pool's
     # weakest); "damped": cosine as is and BM25 over the best hit, damped so one weak match does not look perfect.
     normalisation: str = "minmax"
-    # Add the other forms of the query's English words to the BM25 query (paint -> paints, painted, painting,
-    # painter): the analyzer does not stem (Milvus Lite ignores a stemmer filter), so stemming is done here,
-    # on the query side only.
-    expand_keywords: bool = True
     # A memory whose metadata names a person (these keys) that the query names too.
     speaker_weight: float = 0.2
     speaker_keys: tuple[str, ...] = ("speaker", "author", "person")
@@ -71,16 +69,30 @@ class SearchRecipe:
     context_embedding: bool = True
     recency_weight: float = 0.05
     recency_half_life_days: float = 30.0
-    # Cosines of the embedder for unrelated and for clearly related texts (the local USE model: about 0.1 and
-    # 0.4 and up); they calibrate the scores that `threshold` compares to (see `match_strength`).
-    unrelated_cosine: float = 0.1
-    related_cosine: float = 0.4
+    # Cosines of the embedder for unrelated and for clearly related texts; they calibrate the scores that
+    # `threshold` compares to (see `match_strength`). None: the embedder's own (`Memory` fills them in).
+    unrelated_cosine: float | None = None
+    related_cosine: float | None = None
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}")
-        if not self.related_cosine > self.unrelated_cosine:
+        low, high = self.cosine_range
+        if not high > low:
             raise ValueError("related_cosine must be above unrelated_cosine")
+
+    @property
+    def cosine_range(self) -> tuple[float, float]:
+        """(unrelated, related) cosines, the reference scale's where the recipe does not say."""
+        low, high = REFERENCE_COSINES
+        return (low if self.unrelated_cosine is None else self.unrelated_cosine,
+                high if self.related_cosine is None else self.related_cosine)
+
+    def for_embedder(self, cosines: tuple[float, float]) -> SearchRecipe:
+        """This recipe with the embedder's (unrelated, related) cosines where it leaves them open."""
+        low, high = cosines
+        return replace(self, unrelated_cosine=low if self.unrelated_cosine is None else self.unrelated_cosine,
+                       related_cosine=high if self.related_cosine is None else self.related_cosine)
 
     @property
     def episode_gap_ms(self) -> int:
@@ -91,19 +103,6 @@ class SearchRecipe:
     def uses_episodes(self) -> bool:
         """True when ranking looks at a memory's neighbours in its episode."""
         return bool(self.neighbour_weight or self.episode_weight)
-
-    def keyword_query(self, query: str) -> str:
-        """The text sent to BM25: the query, plus (`expand_keywords`) the other forms of its lower-case English
-        words. Capitalised words other than the first are taken for names and left alone."""
-        if not self.expand_keywords:
-            return query
-        extra: list[str] = []
-        for index, match in enumerate(_LATIN_WORD.finditer(query)):
-            word = match.group()
-            if index and word[0].isupper():
-                continue
-            extra += [form for form in sorted(related_forms(word)) if form not in extra]
-        return f"{query} {' '.join(extra)}" if extra else query
 
     def episode_window(self, records: Iterable[MemoryRecord]) -> str:
         """A filter for the memories within one episode gap of these memories' event times (merged windows)."""
@@ -137,76 +136,6 @@ class SearchRecipe:
 
 
 DEFAULT_RECIPE = SearchRecipe()
-
-
-# -- keyword query -------------------------------------------------------------------------------------------
-_LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-_STOP = frozenset(ENGLISH_STOP_WORDS)
-_VOWELS = frozenset("aeiou")
-
-
-# Derivational endings conflated with their stem the way a stemmer would (remind ~ reminder, reject ~ rejection).
-_DERIVATIONS = ("er", "ers", "ion", "ions", "ation", "ations", "ment", "ments", "ly")
-
-
-def _bases(word: str) -> set[str]:
-    """Plausible base forms of a lower-case English word (itself included)."""
-    bases = {word}
-
-    def keep(stem: str, *forms: str) -> None:
-        if len(stem) >= 3:
-            bases.update(forms or (stem,))
-
-    if word.endswith("ies"):
-        keep(word[:-3], word[:-3] + "y", word[:-1])  # studies -> study, movies -> movie
-    elif word.endswith("ied"):
-        keep(word[:-3], word[:-3] + "y")
-    elif word.endswith("es"):
-        keep(word[:-2], word[:-2], word[:-1])
-    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        keep(word[:-1])
-    elif word.endswith(("ing", "ed")):
-        stem = word[:-3] if word.endswith("ing") else word[:-2]
-        keep(stem, stem, stem + "e", *((stem[:-1],) if len(stem) > 3 and stem[-1] == stem[-2] else ()))
-    else:
-        for ending in _DERIVATIONS:
-            if word.endswith(ending):
-                stem = word[:-len(ending)]
-                keep(stem, stem, stem + "e")
-    return bases
-
-
-def _forms(base: str) -> set[str]:
-    """The regular inflections of an English base form (the base included)."""
-    forms = {base}
-    if base.endswith("e"):
-        forms |= {base + "s", base + "d", base[:-1] + "ing"}
-    elif base.endswith("y") and base[-2] not in _VOWELS:
-        forms |= {base[:-1] + "ies", base[:-1] + "ied", base + "ing"}
-    else:
-        forms |= {base + ("es" if base.endswith(("s", "x", "z", "ch", "sh")) else "s"), base + "ed", base + "ing"}
-        if len(base) <= 4 and base[-1] not in _VOWELS | {"w", "x", "y"} and base[-2] in _VOWELS \
-                and base[-3] not in _VOWELS:
-            forms |= {base + base[-1] + "ed", base + base[-1] + "ing"}  # stop -> stopped, stopping
-    return forms
-
-
-def related_forms(word: str) -> set[str]:
-    """Other forms of an English word that a stemmer would conflate with it (lower case), most of them
-    regular inflections; empty for stop words and words under three letters. Forms that are not words
-    cost nothing: they match no memory."""
-    word = word.lower()
-    if len(word) < 3 or word in _STOP or "'" in word:
-        return set()
-    bases = _bases(word)
-    out: set[str] = set()
-    for base in bases:
-        out |= _forms(base)
-    for root in bases - {word} or bases:  # derivations of the word's root only (not of "studied" itself)
-        stem = root[:-1] if root.endswith("e") else root
-        out |= {stem + ending for ending in _DERIVATIONS}
-    out.discard(word)
-    return {w for w in out if len(w) >= 3 and w not in _STOP}
 
 
 # -- fusion --------------------------------------------------------------------------------------------------
@@ -280,8 +209,11 @@ def match_strength(cosine: float, bm25: float, recipe: SearchRecipe) -> float:
     BM25 (damped: a score of 2 is a full match) counts only as far as the memory is also close in meaning,
     so a question sharing one word with an unrelated memory does not look like a match.
     """
-    closeness = (cosine - recipe.unrelated_cosine) / (recipe.related_cosine - recipe.unrelated_cosine)
-    return (recipe.dense_weight * max(0.0, cosine)
+    low, high = recipe.cosine_range
+    closeness = (cosine - low) / (high - low)
+    reference_low, reference_high = REFERENCE_COSINES
+    on_reference_scale = reference_low + closeness * (reference_high - reference_low)
+    return (recipe.dense_weight * max(0.0, on_reference_scale)
             + recipe.keyword_weight * min(1.0, bm25 / 2.0) * min(1.0, max(0.0, closeness)))
 
 

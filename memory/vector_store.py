@@ -2,7 +2,8 @@
 
 Each memory row carries `user_id`, `agent_id` and `run_id` as real scalar fields, a dense vector searched by
 COSINE, and, where the engine has it (Milvus 2.5+ and Milvus Lite), a BM25 sparse field produced by Milvus'
-own BM25 function over a jieba analyzer, so keyword search tokenises Chinese as well as English. On Milvus
+own BM25 function over a jieba analyzer, so keyword search tokenises Chinese as well as English; the function reads
+a `keywords` field holding the text with its English words stemmed (`memory.keywords`). On Milvus
 Lite every user's rows live in their own partition (searches scan only that user's rows); on a server
 `user_id` is the partition key.
 
@@ -33,7 +34,7 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from memory.errors import ConfigError, StoreError, one_line
 from memory.filters import combine, literal, scope_filter
-from memory.keywords import ANALYZER_PARAMS
+from memory.keywords import ANALYZER_PARAMS, keyword_text
 from memory.records import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class MilvusVectorStore:
                                    and self.server_version < PARTITION_KEY_UPSERT_SINCE)
         self._deleted_since_read = False
         self.keyword_search = True
+        self._stemmed = False
         self._partitions: set[str] = set()
         try:
             self._open_collection()
@@ -132,12 +134,15 @@ class MilvusVectorStore:
                 raise ConfigError(f"Milvus collection {self.collection!r} holds {dim}-dimensional vectors but the "
                                   f"embedder gives {self.dims}; use another collection_name or the matching embedder")
             self.keyword_search = "sparse" in fields
+            # collections made before the stemmed field have the BM25 function read `text`
+            self._stemmed = "keywords" in fields
             self._partitioned = not any(f.get("is_partition_key") for f in info["fields"]) and not self.is_server
             if not self.keyword_search:
                 self._say_no_bm25(self._no_bm25_reason()
                                   or f"the collection {self.collection!r} was created without a BM25 field")
         else:
             self._partitioned = not self.is_server
+            self._stemmed = True
             if reason := self._no_bm25_reason():
                 self.keyword_search = False
                 self._say_no_bm25(reason)
@@ -174,10 +179,7 @@ class MilvusVectorStore:
         schema.add_field("user_id", DataType.VARCHAR, max_length=1024, is_partition_key=not self._partitioned)
         schema.add_field("agent_id", DataType.VARCHAR, max_length=1024)
         schema.add_field("run_id", DataType.VARCHAR, max_length=1024)
-        text_params: dict[str, Any] = {"max_length": MAX_TEXT_BYTES}
-        if with_bm25:
-            text_params.update(enable_analyzer=True, analyzer_params=ANALYZER_PARAMS)
-        schema.add_field("text", DataType.VARCHAR, **text_params)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dims)
         schema.add_field("metadata", DataType.JSON)
         for name in ("created_at", "updated_at", "event_time"):
@@ -190,9 +192,11 @@ class MilvusVectorStore:
         else:
             index.add_index("dense", index_type="FLAT", metric_type="COSINE")
         if with_bm25:
+            schema.add_field("keywords", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True,
+                             analyzer_params=ANALYZER_PARAMS)
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-            schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                         input_field_names=["text"], output_field_names=["sparse"]))
+            schema.add_function(Function(name="keywords_bm25", function_type=FunctionType.BM25,
+                                         input_field_names=["keywords"], output_field_names=["sparse"]))
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         try:
             self.client.create_collection(self.collection, schema=schema, index_params=index,
@@ -220,6 +224,9 @@ class MilvusVectorStore:
         if not records:
             return
         rows = [{**_row(r), "dense": v.tolist()} for r, v in zip(records, vectors, strict=True)]
+        if self.keyword_search and self._stemmed:
+            for row in rows:
+                row["keywords"] = _clip(keyword_text(row["text"]))
         with self._lock:
             by_user: dict[str, list[dict[str, Any]]] = {}
             for row in rows:
@@ -245,19 +252,23 @@ class MilvusVectorStore:
                 self._note_writes(len(ids))
 
     def delete_user(self, user_id: str) -> int:
-        """Delete every row of one user; return how many there were."""
+        """Delete every row of one user and return how many there were. On Milvus Lite the user's partition is
+        dropped, so the rows leave the files too (a delete alone writes a tombstone and keeps the row's bytes in
+        its segment until a compaction that may never come); a server drops deleted rows at its own compaction.
+        Idempotent."""
         with self._lock:
             expr = scope_filter(user_id)
             partition = self._partition(user_id)
             if partition == []:
                 return 0
             ids = [r["id"] for r in self._query(expr, partition, ["id"], limit=None)]
+            if partition:
+                self.client.drop_partition(self.collection, partition[0])
+                self._partitions.discard(partition[0])
+                return len(ids)
             for start in range(0, len(ids), 1000):
-                self.client.delete(self.collection, ids=ids[start:start + 1000],
-                                   **_in_partition(partition))
-            self._deleted_since_read = self.is_server and bool(ids)
-            self._note_writes(len(ids))
-            self.flush()
+                self.client.delete(self.collection, ids=ids[start:start + 1000])
+            self._deleted_since_read = bool(ids)
             return len(ids)
 
     def _read_options(self) -> dict[str, Any]:
@@ -346,6 +357,8 @@ class MilvusVectorStore:
         """Rows ranked by BM25 over the jieba-analysed text (positive scores; empty without BM25 support)."""
         if not self.keyword_search or not text.strip():
             return []
+        if self._stemmed:
+            text = keyword_text(text)
         # Milvus Lite reports BM25 as a negative distance; the server as a positive score. Use the magnitude.
         return self._search([text], "sparse", {"metric_type": "BM25"}, expr, user_id, limit, sign=None)
 
@@ -374,12 +387,27 @@ class MilvusVectorStore:
             self._open_collection()
 
     def close(self) -> None:
-        """Flush and close the client."""
+        """Flush and close the client; on Milvus Lite also stop this process' embedded server for the file."""
         with self._lock:
             try:
                 self.flush()
             finally:
                 self.client.close()
+                if not self.is_server:
+                    _release_lite_server(self.uri)
+
+
+def _release_lite_server(path: str) -> None:
+    """Stop this process' embedded Milvus Lite server for `path`, releasing its file lock.
+
+    Closing the pymilvus client leaves the in-process server running (and its lock held) until the process
+    exits, so no other process could open the data directory after `close()`."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
+    except Exception as exc:  # the data is safe either way; only the lock outlives the close
+        log.warning("could not stop the embedded Milvus Lite server for %s: %s", path, one_line(exc))
 
 
 def _connect_server(uri: str, token: str | None, db_name: str) -> MilvusClient:
@@ -435,6 +463,12 @@ def _parse_version(text: str) -> tuple[int, int, int] | None:
 
 def _version_text(version: tuple[int, ...]) -> str:
     return ".".join(str(part) for part in version)
+
+
+def _clip(text: str) -> str:
+    """Text cut to the field's byte limit (stems are never longer than their words, but be sure)."""
+    data = text.encode()
+    return text if len(data) <= MAX_TEXT_BYTES else data[:MAX_TEXT_BYTES].decode(errors="ignore")
 
 
 def _in_partition(partition: list[str] | None) -> dict[str, str]:
