@@ -159,7 +159,7 @@ class Memory:
         if self.llm is None:
             raise LLMNotConfiguredError("no language model is configured for memory extraction: set OPENAI_API_KEY "
                                         "(and OPENAI_BASE_URL / LLM_MODEL), or call add(..., infer=False)")
-        conversation = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
+        conversation = extract.conversation(turns)  # numbered: the answer's `sources` refer to the numbers
         if len(conversation) > MAX_CONVERSATION_CHARS:
             raise InputError(f"the conversation is {len(conversation)} characters; the limit for one add is "
                              f"{MAX_CONVERSATION_CHARS}")
@@ -176,7 +176,7 @@ class Memory:
                 # the user's memories changed meanwhile: decide again against what is there now, under the lock
                 context = self._extraction_context(user_text, template)
                 result = self._extract(context, conversation, day)
-            return self._apply_extraction(result, context, template)
+            return self._apply_extraction(result, context, template, turns)
 
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
@@ -198,7 +198,10 @@ class Memory:
         return ask_structured(self.llm, system, f"NEW CONVERSATION:\n{conversation}",
                               lambda raw: extract.parse(raw, len(shown), len(shown_relations)))
 
-    def _apply_extraction(self, result: Any, context: dict[str, Any], template: MemoryRecord) -> dict[str, Any]:
+    def _apply_extraction(self, result: Any, context: dict[str, Any], template: MemoryRecord,
+                          turns: list[dict[str, str]]) -> dict[str, Any]:
+        """Plan, journal and apply the model's decisions; every memory written keeps the ids of the messages it
+        came from in `metadata["source_ids"]` (merged with the old ones on UPDATE)."""
         shown, shown_relations = context["shown"], context["relations"]
         texts = [op.text.strip() for op in result.memories if op.text and op.event != "DELETE"]
         names = [name for op in result.memories for rel in op.relations for name in (rel.source, rel.destination)]
@@ -207,6 +210,7 @@ class Memory:
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())
         existing_hashes = self.vectors.known_hashes(template.user_id, context["scope"], [text_hash(t) for t in texts])
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
+        _attach_sources(plan, result, turns)
         self._commit(plan)
         invalidated = [r.to_result() for r in shown_relations if r.id in set(plan["invalidate"])]
 
@@ -400,8 +404,16 @@ class Memory:
         self.close()
 
 
+MAX_MESSAGE_ID_CHARS = 256
+MAX_SOURCE_IDS = 100  # per memory: an often-updated memory keeps the ids of its latest sources
+
+
 def _normalise_messages(messages: Any) -> list[dict[str, str]]:
-    """Messages as a list of {role, content} with non-blank string content."""
+    """Messages as a list of {role, content, number, id} with non-blank string content.
+
+    `number` is the message's 1-based position in what the caller passed (blank messages are dropped but keep
+    their place in the count) and is what the extraction prompt shows; `id` is the message's optional "id" (a
+    non-empty string of at most 256 characters, e.g. LOCOMO's "D3:7"), else its number."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     elif isinstance(messages, dict):
@@ -409,16 +421,52 @@ def _normalise_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list):
         raise InputError("messages must be a string, a {'role', 'content'} dict or a list of them")
     turns = []
-    for message in messages:
+    for number, message in enumerate(messages, 1):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InputError("each message must be a dict with a string 'content'")
         role = str(message.get("role") or "user")
         _check_encodable(role, "a message role")
         content = message["content"].replace("\x00", "").strip()
         _check_encodable(content, "a message")
+        message_id = _message_id(message.get("id"), number)
         if content:
-            turns.append({"role": role, "content": content})
+            turns.append({"role": role, "content": content, "number": str(number), "id": message_id})
     return turns
+
+
+def _message_id(value: Any, number: int) -> str:
+    """A message's id as given (checked), or its 1-based number when it has none."""
+    if value is None:
+        return str(number)
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MESSAGE_ID_CHARS:
+        raise InputError(f"a message's 'id' must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} "
+                         f"characters (message {number})")
+    _check_encodable(value, "a message id")
+    return value.strip()
+
+
+def _attach_sources(plan: dict[str, Any], result: extract.ExtractionResult, turns: list[dict[str, str]]) -> None:
+    """Set `metadata["source_ids"]` on every record the plan writes: the ids of the messages its memory names in
+    `sources` (numbers not shown to the model are dropped), after the ids it already had (an UPDATE keeps its
+    old sources), without repeats and at most `MAX_SOURCE_IDS` (the latest).
+
+    A record is matched to the decisions by its text's hash, as the pipeline writes it, so two decisions with the
+    same text pool their sources. A decision the pipeline turned into NONE because an earlier call already stored
+    that text writes nothing, so its sources are not recorded."""
+    ids = {int(t["number"]): t["id"] for t in turns}
+    named: dict[str, list[str]] = {}
+    for op in result.memories:
+        text = (op.text or "").strip()
+        if op.event != "DELETE" and text:
+            named.setdefault(text_hash(text), []).extend(ids[n] for n in op.sources if n in ids)
+    for upsert in plan["upserts"]:
+        record = upsert["record"]
+        metadata = record.get("metadata") or {}
+        old = metadata.get("source_ids")
+        old = [s for s in old if isinstance(s, str)] if isinstance(old, list) else []
+        merged = list(dict.fromkeys([*old, *named.get(record["hash"], [])]))
+        # a new dict: the record may share its metadata with the memory it replaces or with the call's template
+        record["metadata"] = {**metadata, "source_ids": merged[-MAX_SOURCE_IDS:]}
 
 
 def _check_metadata(metadata: Any) -> dict[str, Any]:

@@ -1,15 +1,25 @@
 """The extraction prompt and the typed shape of its answer: one LLM call decides memories, entities and
-relations for one `Memory.add`."""
+relations for one `Memory.add`.
+
+The conversation is shown to the model with its messages numbered (`conversation`: "[1] user: ..."), and each
+memory of the answer names the messages it comes from in `sources`; `Memory` maps those numbers to the
+messages' ids (provenance). `json_answer` is the one way a model's JSON answer is read and validated against a
+pydantic model; other prompts (`prompts.judge`) use it too.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from prompts import load
+
+M = TypeVar("M", bound=BaseModel)
+_SOURCE_NUMBER = re.compile(r"^\s*\[?\s*(\d{1,9})\s*\]?\s*$")
 
 
 class RelationOut(BaseModel):
@@ -27,6 +37,23 @@ class MemoryOp(BaseModel):
     id: int | None = None
     text: str | None = Field(default=None, max_length=2000)
     relations: list[RelationOut] = Field(default_factory=list)
+    sources: list[int] = Field(default_factory=list)  # the numbers of the messages the memory comes from
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _lenient_sources(cls, value: Any) -> list[int]:
+        """Provenance never fails an answer: one number becomes a list, "[3]" or "3" is read as 3, anything else
+        (null, words, negative or fractional numbers) is dropped. Out-of-range numbers are dropped later."""
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        numbers = []
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                numbers.append(item)
+            elif isinstance(item, str) and (match := _SOURCE_NUMBER.match(item)):
+                numbers.append(int(match.group(1)))
+        return [n for n in numbers if n >= 1]
 
     @model_validator(mode="after")
     def _complete(self) -> MemoryOp:
@@ -62,6 +89,14 @@ class ExtractionResult(BaseModel):
                 raise ValueError(f"relation id {rel} does not exist")
 
 
+def conversation(messages: Sequence[Mapping[str, str]]) -> str:
+    """The NEW CONVERSATION as the model sees it: one line per message, "[<number>] <role>: <content>".
+
+    Each message is a mapping with "role" and "content", and "number" (its 1-based position in what the caller
+    passed; defaults to its position here). The numbers are what the answer's `sources` refer to."""
+    return "\n".join(f"[{m.get('number') or i}] {m['role']}: {m['content']}" for i, m in enumerate(messages, 1))
+
+
 def render(today: str, memories: list[str], relations: list[str]) -> str:
     """The extraction prompt with today's date and the numbered existing memories and relations."""
     listed_memories = "\n".join(f"{i}: {m}" for i, m in enumerate(memories)) or "(none)"
@@ -69,8 +104,9 @@ def render(today: str, memories: list[str], relations: list[str]) -> str:
     return load("extract").format(today=today, memories=listed_memories, relations=listed_relations)
 
 
-def parse(raw: str, memory_ids: int, relation_ids: int) -> ExtractionResult:
-    """Parse and validate the model's text; raise ValueError with a message fit to show the model."""
+def json_answer(raw: str, shape: type[M]) -> M:
+    """A model's text as a validated `shape`: the JSON object in it (a ```json fence or the outermost braces,
+    prose around it ignored). Raise ValueError with a message fit to show the model."""
     text = raw.strip()
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fenced:
@@ -83,9 +119,16 @@ def parse(raw: str, memory_ids: int, relation_ids: int) -> ExtractionResult:
     except json.JSONDecodeError as exc:
         raise ValueError(f"the JSON does not parse: {exc}") from None
     try:
-        result = ExtractionResult.model_validate(data)
+        return shape.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise ValueError(f"the JSON does not match the schema: {problems}") from None
+
+
+def parse(raw: str, memory_ids: int, relation_ids: int) -> ExtractionResult:
+    """Parse and validate the model's text; raise ValueError with a message fit to show the model.
+
+    An answer without `sources` is valid (each memory then names no source message)."""
+    result = json_answer(raw, ExtractionResult)
     result.check_ids(memory_ids, relation_ids)
     return result

@@ -1,17 +1,23 @@
-"""The LOCOMO recall benchmark, end to end on a small synthetic LOCOMO-shaped file."""
+"""The LOCOMO recall benchmark, end to end on a small synthetic LOCOMO-shaped file: recall of verbatim turns,
+recall of inferred facts through their `source_ids`, and answers graded by an LLM judge (scripted models whose
+text goes through the real parsers; FakeOpenAI over HTTP for the command line)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import scripted
+import pytest
+from conftest import ScriptedModel, scripted
+from fake_openai import FakeOpenAI
 
-from benchmarks.locomo_recall import NO_MODEL, benchmark_config, load_conversations, run, turn_text
+from benchmarks import locomo_recall
+from benchmarks.locomo_recall import NO_ANSWER_MODEL, NO_MODEL, BenchmarkError, benchmark_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLEAN_ENV_DROP = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "EMBEDDER", "MILVUS_URI", "MILVUS_TOKEN", "MEMORY_DATA_DIR")
@@ -83,6 +89,8 @@ def test_command_prints_one_json_report(tmp_path: Path) -> None:
     assert report["per_category"]["single-hop"]["R@1"] == 100.0  # the puppy question finds its turn first
     assert report["search_ms_p95"] > 0 and report["ingest_turns_per_s"] > 0
     assert report["turns"] == 10 and report["memories"] == 10
+    assert report["memory_context_tokens"]["mean"] > 0 and report["memory_context_tokens"]["p95"] > 0
+    assert "judge_accuracy" not in report and report["answer"] is False  # no model: recall only
 
 
 def test_infer_without_a_model_fails_in_one_line(tmp_path: Path) -> None:
@@ -95,30 +103,136 @@ def test_infer_without_a_model_fails_in_one_line(tmp_path: Path) -> None:
 
 
 def test_turn_text_and_loading(tmp_path: Path) -> None:
-    conversation = load_conversations(_write(tmp_path))[0]
+    conversation = locomo_recall.load_conversations(_write(tmp_path))[0]
     assert [t.dia_id for t in conversation.turns][:2] == ["D1:1", "D1:2"]
     assert conversation.turns[4].text == ("Caroline: Thanks! Talk soon. "
                                           "[shares a photo: a photo of a violin on a wooden table]")
     assert conversation.turns[5].when.isoformat() == "2023-06-27T10:37:00"
     assert conversation.questions[3].evidence == ["D1:5"]  # the malformed id is skipped
-    assert turn_text({"speaker": "A", "text": "hi"}) == "A: hi"
+    assert locomo_recall.turn_text({"speaker": "A", "text": "hi"}) == "A: hi"
+    assert [q.answer for q in conversation.questions] == ["Biscuit", "Lisbon", "June 2023", "violin"]
 
 
-def test_infer_maps_evidence_through_ids_the_model_copies(tmp_path: Path) -> None:
-    conversations = load_conversations(_write(tmp_path))
-    model = scripted(
-        json.dumps({"memories": [
-            {"event": "ADD", "text": "Caroline adopted a golden retriever puppy named Biscuit [D1:3]"},
-            {"event": "ADD", "text": "Caroline has a violin"}]}),  # no ids copied: maps to no turn
-        json.dumps({"memories": [
-            {"event": "ADD", "text": "Caroline moved to Lisbon for a nursing job [D2:2]"},
-            {"event": "ADD", "text": "Melanie ran the Boston marathon in June 2023 [D2:3]"}]}),
-    )
-    report = run(conversations, infer=True, config=benchmark_config(tmp_path / "data", env={}), llm=model)
+def extraction(*memories: tuple[str, list[int] | None]) -> str:
+    """An extraction answer adding these (text, sources) memories; None leaves `sources` out."""
+    return json.dumps({"memories": [{"event": "ADD", "text": text, **({"sources": src} if src is not None else {})}
+                                    for text, src in memories]})
+
+
+EXTRACTIONS = (
+    extraction(("Caroline adopted a golden retriever puppy named Biscuit", [3, 9]),  # 9: no such message
+               ("Caroline has a violin", None)),  # no sources: maps to no turn
+    extraction(("Caroline moved to Lisbon for a nursing job", [2]),
+               ("Melanie ran the Boston marathon in June 2023", [3, 4])),
+)
+FACT_LINES = ["[8 May 2023] Caroline adopted a golden retriever puppy named Biscuit",
+              "[8 May 2023] Caroline has a violin",
+              "[27 June 2023] Caroline moved to Lisbon for a nursing job",
+              "[27 June 2023] Melanie ran the Boston marathon in June 2023"]
+
+
+def verdict(label: str) -> str:
+    """A judge's answer."""
+    return json.dumps({"reasoning": "Compared with the gold answer.", "label": label})
+
+
+def grading_script() -> ScriptedModel:
+    """Answers and verdicts for the four scored questions, in order: puppy, Lisbon, marathon, violin."""
+    return scripted("Biscuit", verdict("CORRECT"),
+                    "Answer: Lisbon", verdict("correct"),
+                    "last week", verdict("WRONG"),
+                    "a violin", "I think it is right.", "Still prose.")  # the last verdict is invalid twice
+
+
+def user_text(model: ScriptedModel, call: int) -> str:
+    """The last (human) message of one call."""
+    return str(model.calls[call][-1].content)
+
+
+def test_infer_maps_evidence_through_source_ids_and_judges_answers(tmp_path: Path) -> None:
+    conversations = locomo_recall.load_conversations(_write(tmp_path))
+    model, grader = scripted(*EXTRACTIONS), grading_script()
+    report = run(conversations, infer=True, config=benchmark_config(tmp_path / "data", env={}), llm=model,
+                 answer_llm=grader)
     assert len(model.calls) == 2  # one extraction per session chunk
-    prompt = model.calls[0][-1].content
-    assert "[D1:3] Caroline: I adopted a golden retriever puppy" in prompt
-    assert report["n"] == 4 and report["memories"] == 4
+    prompt = user_text(model, 0)
+    assert "[3] user: Caroline: I adopted a golden retriever puppy" in prompt
+    assert "D1:3" not in prompt and "[D" not in prompt, "the turn ids are not shown; the model names numbers"
+    assert all(len(call) == 2 for call in model.calls), "the conversation carries no extra instructions"
+    assert report["n"] == 4 and report["memories"] == 4 and report["extraction_failures"] == 0
+    # recall from metadata["source_ids"]: the fact texts carry no turn ids
     assert report["per_category"]["single-hop"]["R@1"] == 100.0
+    assert report["per_category"]["multi-hop"]["R@5"] == 100.0
     assert report["per_category"]["temporal"]["R@5"] == 100.0
-    assert report["per_category"]["open-domain"]["R@20"] == 0.0  # the violin fact carries no turn id
+    assert report["per_category"]["open-domain"]["R@20"] == 0.0  # the violin fact names no source
+    # answers from the top memories with their dates, graded against the gold answers
+    assert len(grader.calls) == 9  # 4 answers + 4 verdicts + 1 retry of the broken verdict
+    answer_prompt = str(grader.calls[0][0].content)
+    assert all(line in answer_prompt for line in FACT_LINES)
+    assert user_text(grader, 0) == "QUESTION: What did Caroline name her golden retriever puppy?"
+    assert user_text(grader, 1) == ("Question: What did Caroline name her golden retriever puppy?\n"
+                                    "Gold answer: Biscuit\nGenerated answer: Biscuit")
+    assert user_text(grader, 3).endswith("Gold answer: Lisbon\nGenerated answer: Lisbon")
+    assert "invalid" in user_text(grader, 8)  # the judge was shown its broken verdict once
+    assert report["answer"] is True and report["judged"] == 4 and report["judge_errors"] == 1
+    assert report["judge_accuracy"] == 50.0
+    assert {name: values["judge_accuracy"] for name, values in report["per_category"].items()} == {
+        "single-hop": 100.0, "multi-hop": 100.0, "temporal": 0.0, "open-domain": 0.0}
+    # every question's context is all four facts (fewer than 10), in some order
+    expected = math.ceil(len("\n".join(FACT_LINES)) / 4)
+    assert report["memory_context_tokens"]["mean"] == expected and report["memory_context_tokens"]["p95"] == expected
+
+
+def test_infer_without_answering_skips_a_chunk_whose_extraction_is_invalid_twice(tmp_path: Path) -> None:
+    conversations = locomo_recall.load_conversations(_write(tmp_path))
+    model = scripted("I cannot answer in JSON.", "Still no JSON.", EXTRACTIONS[1])
+    report = run(conversations, infer=True, answer=False, config=benchmark_config(tmp_path / "data", env={}),
+                 llm=model)
+    assert len(model.calls) == 3 and report["extraction_failures"] == 1 and report["memories"] == 2
+    assert report["per_category"]["multi-hop"]["R@1"] == 100.0  # the second session's facts still count
+    assert report["per_category"]["single-hop"]["R@20"] == 0.0
+    assert report["answer"] is False and "judge_accuracy" not in report
+
+
+def test_answer_judges_the_one_memory_per_turn_path(tmp_path: Path) -> None:
+    conversations = locomo_recall.load_conversations(_write(tmp_path))
+    grader = grading_script()
+    report = run(conversations, answer=True, config=benchmark_config(tmp_path / "data", env={}), answer_llm=grader)
+    assert report["infer"] is False and "extraction_failures" not in report
+    assert report["R@20"] == 100.0 and report["memories"] == 10  # recall from each turn's dia_id
+    assert "[8 May 2023] Caroline: I adopted a golden retriever puppy and named him Biscuit." in str(
+        grader.calls[0][0].content)
+    assert report["judge_accuracy"] == 50.0 and report["judged"] == 4
+    assert report["memory_context_tokens"]["p95"] >= report["memory_context_tokens"]["mean"] > 0
+
+
+def test_answer_without_a_model_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for name in CLEAN_ENV_DROP:
+        monkeypatch.delenv(name, raising=False)
+    conversations = locomo_recall.load_conversations(_write(tmp_path))
+    with pytest.raises(BenchmarkError, match="--answer needs a configured model"):
+        run(conversations, answer=True, config=benchmark_config(tmp_path / "data", env={}))
+    assert locomo_recall.main(["--data", str(_write(tmp_path)), "--answer", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == f"error: {NO_ANSWER_MODEL}"
+
+
+def test_command_infer_over_http_reports_recall_and_judge_accuracy(tmp_path: Path) -> None:
+    data = _write(tmp_path)
+    replies = [*EXTRACTIONS, "Biscuit", verdict("CORRECT"), "Lisbon", verdict("CORRECT"), "June 2023",
+               verdict("CORRECT"), "not mentioned", verdict("WRONG")]
+    with FakeOpenAI(replies) as server:
+        env = {**_clean_env(), "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": server.base_url, "LLM_MAX_RETRIES": "0"}
+        done = subprocess.run([sys.executable, "-m", "benchmarks.locomo_recall", "--data", str(data), "--json",
+                               "--infer"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert server.chat_calls == 10 and server.pending == 0
+        first = server.requests[0]["messages"][-1]["content"]
+    assert "[3] user: Caroline: I adopted a golden retriever puppy" in first
+    report = json.loads(done.stdout)
+    assert report["infer"] is True and report["memories"] == 4
+    assert report["per_category"]["single-hop"]["R@1"] == 100.0
+    assert report["per_category"]["open-domain"]["R@20"] == 0.0
+    assert report["judge_accuracy"] == 75.0 and report["per_category"]["temporal"]["judge_accuracy"] == 100.0
+    assert report["memory_context_tokens"]["count"].startswith("approx")

@@ -45,8 +45,8 @@ def test_the_prompt_carries_the_conversation_and_the_related_memories(mem: Memor
                      {"role": "assistant", "content": "Lovely! Do you like it?"},
                      {"role": "user", "content": "Yes, a lot"}], user_id="u")
     assert [(r["event"], r["memory"]) for r in added["results"]] == [("ADD", "Likes green tea")]
-    assert conversation_of(model) == ("NEW CONVERSATION:\nuser: Emma and I drank green tea\n"
-                                      "assistant: Lovely! Do you like it?\nuser: Yes, a lot")
+    assert conversation_of(model) == ("NEW CONVERSATION:\n[1] user: Emma and I drank green tea\n"
+                                      "[2] assistant: Lovely! Do you like it?\n[3] user: Yes, a lot")
     prompt = prompt_of(model)
     assert set(shown_items(prompt, "MEMORIES")) == {"Has a sister named Emma", "Works as a nurse"}
     assert "rock climbing" not in prompt, "another user's memory is never shown"
