@@ -93,8 +93,10 @@ class Memory:
         """Remember what matters in `messages` for this user.
 
         With `infer=True` one LLM call extracts facts and decides ADD/UPDATE/DELETE against the related
-        memories, plus entities and relations for the graph. With `infer=False` each message is stored
-        verbatim, no LLM involved. Returns `{"results": [{id, memory, event}], "relations": {...}}`.
+        memories, plus entities and relations for the graph; each extracted memory keeps
+        `metadata["source_ids"]`, the ids of the messages it came from (a message's optional "id" key, else its
+        1-based position). With `infer=False` each message is stored verbatim, no LLM involved.
+        Returns `{"results": [{id, memory, event}], "relations": {...}}`.
         """
         self._check_open()
         user_id = _check_text_id(user_id, "user_id", required=True)
