@@ -94,7 +94,15 @@ def start_chat(tmp_path: Path, server: FakeOpenAI) -> subprocess.Popen[str]:
     env.update(MEMORY_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO), LLM_MAX_RETRIES="0",
                LLM_TIMEOUT="120", OPENAI_API_KEY="test-key", OPENAI_BASE_URL=server.base_url, LLM_MODEL="qwen-plus")
     return subprocess.Popen([sys.executable, "-m", "agent", "--user", "alice"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Give the chat the default SIGINT disposition a terminal gives it. A test run started in the background
+    of a non-interactive shell ignores SIGINT, and a child inherits that: Python then never raises
+    KeyboardInterrupt and the chat would (rightly) ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(chat: subprocess.Popen[str], server: FakeOpenAI, calls: int, times: int = 1) -> tuple[str, str, float]:
