@@ -73,6 +73,8 @@ class Memory:
             raise
         self._user_locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._versions: dict[str, int] = defaultdict(int)  # commits per user, to notice a stale extraction
+        # the last verbatim turn per (user, agent, run) and the user's version then: the next turn's context
+        self._last_turns: dict[tuple[str, str, str], tuple[int, MemoryRecord]] = {}
         self._guard = threading.Lock()
         self._closed = False
         try:
@@ -128,7 +130,7 @@ class Memory:
         # The last verbatim turn of each user/agent/run is kept here and trusted while the user has had no other
         # write since and it still exists (nothing deleted or reset is embedded again); else the store is asked.
         scope = (template.user_id, template.agent_id, template.run_id)
-        last_turns: dict[tuple[str, str, str], tuple[int, MemoryRecord]] = self.__dict__.setdefault("_last_turns", {})
+        last_turns = self._last_turns
         previous: list[MemoryRecord] = []
         if self.recipe.context_embedding:
             cached = last_turns.get(scope)
