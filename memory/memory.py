@@ -125,8 +125,8 @@ class Memory:
                 raise InputError(f"a message of {len(turn['content'])} characters is too long to store verbatim "
                                  f"(limit {MAX_TEXT_BYTES} bytes); split it or use infer=True")
         plan = pipeline.new_plan(template.user_id, "user", template.created_at)
-        texts = [t["content"] for t in turns]
-        # Context embedding: each turn is embedded after the memory before it in its episode (stored text unchanged).
+        # Context embedding: each turn is embedded after the memory before it in its episode when another voice said
+        # that one (stored text unchanged; see SearchRecipe.embedding_texts).
         # The last verbatim turn of each user/agent/run is kept here and trusted while the user has had no other
         # write since and it still exists (nothing deleted or reset is embedded again); else the store is asked.
         scope = (template.user_id, template.agent_id, template.run_id)
@@ -139,7 +139,8 @@ class Memory:
                 previous = [cached[1]]
             else:
                 previous = self.vectors.list(self.recipe.predecessor_filter(template), template.user_id, None)
-        vectors = embed(self.embedder, self.recipe.embedding_texts(texts, previous, template.event_time))
+        voiced = [(t["content"], self.recipe.voice(template.metadata, t["role"])) for t in turns]
+        vectors = embed(self.embedder, self.recipe.embedding_texts(voiced, previous, template.event_time))
         results = []
         for index, (turn, vector) in enumerate(zip(turns, vectors, strict=True)):
             meta = dict(template.metadata)

@@ -64,8 +64,9 @@ class SearchRecipe:
     # (+10-20 ms), which breaks the 50 ms p95 budget: off by default.
     neighbour_windows: int = 0
     neighbour_rows: int = 60  # at most this many rows fetched for those windows (the nearest by cosine)
-    # At ingest (infer=False), embed each turn together with the previous memory of its episode; the stored
-    # text is unchanged. A reply such as "Yes, last Tuesday!" is then found by what it answers.
+    # At ingest (infer=False), embed each turn together with the previous memory of its episode when another
+    # voice said it (a reply to a question); the stored text is unchanged. A reply such as "Yes, last Tuesday!"
+    # is then found by what it answers, while facts stored one after another by the same voice stay apart.
     context_embedding: bool = True
     recency_weight: float = 0.05
     recency_half_life_days: float = 30.0
@@ -121,17 +122,27 @@ class SearchRecipe:
                        f"run_id == {literal(record.run_id)}",
                        f"event_time >= {record.event_time - self.episode_gap_ms} and event_time <= {record.event_time}")
 
-    def embedding_texts(self, texts: list[str], previous: Iterable[MemoryRecord], when: int) -> list[str]:
-        """What to embed for consecutive turns said at `when` (epoch ms): with `context_embedding`, each turn after
-        the one before it, the first after the latest of `previous` that is at most one episode gap earlier."""
+    def voice(self, metadata: dict, role: str) -> str:
+        """Who said a turn: the person its metadata names (`speaker_keys`), else its role."""
+        for key in self.speaker_keys:
+            value = metadata.get(key)
+            if isinstance(value, str) and value.strip():
+                return _folded(value)
+        return role
+
+    def embedding_texts(self, turns: list[tuple[str, str]], previous: Iterable[MemoryRecord], when: int) -> list[str]:
+        """What to embed for consecutive turns, (text, voice) pairs said at `when` (epoch ms): with
+        `context_embedding`, each turn after the turn before it when another voice said that one; the first turn's
+        predecessor is the latest of `previous` at most one episode gap earlier."""
         if not self.context_embedding:
-            return list(texts)
+            return [text for text, _ in turns]
         earlier = episode_order(r for r in previous if 0 <= when - _when(r) <= self.episode_gap_ms)
-        before = earlier[-1].text if earlier else None
+        before = (earlier[-1].text, self.voice(earlier[-1].metadata, earlier[-1].metadata.get("role", "user"))) \
+            if earlier else None
         out = []
-        for text in texts:
-            out.append(f"{before}\n{text}" if before else text)
-            before = text
+        for text, voice in turns:
+            out.append(f"{before[0]}\n{text}" if before and before[1] != voice else text)
+            before = (text, voice)
         return out
 
 

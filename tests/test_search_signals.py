@@ -170,28 +170,43 @@ def mem(data_dir: Path, recording: RecordingEmbedder) -> Iterator[Memory]:
 def test_a_turn_is_embedded_after_the_previous_memory_of_its_episode(mem: Memory,
                                                                       recording: RecordingEmbedder) -> None:
     start = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-    mem.add("Caroline: I went to the support group.", user_id="u", infer=False, timestamp=start)
-    mem.add("Melanie: How was it?", user_id="u", infer=False, timestamp=start + timedelta(minutes=2))
-    mem.add("Bob: hello", user_id="someone else", infer=False, timestamp=start + timedelta(minutes=3))
-    mem.add([{"role": "user", "content": "Caroline: Powerful."}, {"role": "user", "content": "Melanie: Glad!"}],
+
+    def say(who: str, text: str, minutes: float, **scope: str) -> None:
+        mem.add(text, user_id=scope.pop("user_id", "u"), infer=False, metadata={"speaker": who},
+                timestamp=start + timedelta(minutes=minutes), **scope)
+
+    say("Caroline", "I went to the support group.", 0)
+    say("Melanie", "How was it?", 2)
+    say("Bob", "hello", 3, user_id="someone else")
+    mem.add([{"role": "user", "content": "Powerful."}, {"role": "assistant", "content": "Glad to hear!"}],
             user_id="u", infer=False, timestamp=start + timedelta(minutes=4))
-    mem.add("Caroline: A new day.", user_id="u", infer=False, timestamp=start + timedelta(hours=3))
-    mem.add("In another run.", user_id="u", run_id="r2", infer=False, timestamp=start + timedelta(hours=3))
-    assert recording.seen == ["Caroline: I went to the support group.",
-                              "Caroline: I went to the support group.\nMelanie: How was it?",
-                              "Bob: hello",
-                              "Melanie: How was it?\nCaroline: Powerful.",
-                              "Caroline: Powerful.\nMelanie: Glad!",
-                              "Caroline: A new day.",  # more than an hour after: a new episode
+    say("Caroline", "A new day.", 180)
+    say("Melanie", "In another run.", 181, run_id="r2")
+    assert recording.seen == ["I went to the support group.",
+                              "I went to the support group.\nHow was it?",
+                              "hello",
+                              "How was it?\nPowerful.",  # the role "user" is another voice than Melanie
+                              "Powerful.\nGlad to hear!",
+                              "A new day.",  # more than an hour after: a new episode
                               "In another run."]
     stored = mem.get_all(user_id="u", limit=100)["results"]
-    assert sorted(r["memory"] for r in stored) == sorted(["Caroline: I went to the support group.",
-                                                          "Melanie: How was it?", "Caroline: Powerful.",
-                                                          "Melanie: Glad!", "Caroline: A new day.",
+    assert sorted(r["memory"] for r in stored) == sorted(["I went to the support group.", "How was it?",
+                                                          "Powerful.", "Glad to hear!", "A new day.",
                                                           "In another run."]), "stored texts are unchanged"
-    batch = sorted((r for r in stored if r["memory"] in {"Caroline: Powerful.", "Melanie: Glad!"}),
+    batch = sorted((r for r in stored if r["memory"] in {"Powerful.", "Glad to hear!"}),
                    key=lambda r: r["created_at"])
-    assert [r["memory"] for r in batch] == ["Caroline: Powerful.", "Melanie: Glad!"], "one call keeps its order"
+    assert [r["memory"] for r in batch] == ["Powerful.", "Glad to hear!"], "one call keeps its order"
+
+
+def test_facts_stored_one_after_another_by_one_voice_are_embedded_alone(mem: Memory,
+                                                                        recording: RecordingEmbedder) -> None:
+    """A list of facts stored verbatim in a row (no speaker, all role "user") is not glued together."""
+    facts = ["I like hiking.", "My sister lives in Hangzhou.", "我对花生过敏"]
+    for fact in facts:
+        mem.add(fact, user_id="u", infer=False)
+    mem.add([{"role": "user", "content": "I drive a Tesla."}, {"role": "user", "content": "I play the guitar."}],
+            user_id="u", infer=False)
+    assert recording.seen == [*facts, "I drive a Tesla.", "I play the guitar."]
 
 
 def test_context_embedding_can_be_turned_off(data_dir: Path, recording: RecordingEmbedder) -> None:
@@ -241,12 +256,17 @@ def test_a_reply_is_found_through_the_turn_it_answers(data_dir: Path, windows: i
 
 def test_a_deleted_or_reset_turn_is_never_embedded_again(mem: Memory, recording: RecordingEmbedder) -> None:
     start = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-    mem.add("first", user_id="u", infer=False, timestamp=start)
-    second = mem.add("second", user_id="u", infer=False, timestamp=start + timedelta(minutes=1))
+
+    def say(who: str, text: str, minutes: int) -> dict[str, Any]:
+        return mem.add(text, user_id="u", infer=False, metadata={"speaker": who},
+                       timestamp=start + timedelta(minutes=minutes))
+
+    say("Ann", "first", 0)
+    second = say("Ben", "second", 1)
     mem.delete(second["results"][0]["id"])
-    mem.add("third", user_id="u", infer=False, timestamp=start + timedelta(minutes=2))
+    say("Ben", "third", 2)
     mem.delete_all(user_id="u")
-    mem.add("fourth", user_id="u", infer=False, timestamp=start + timedelta(minutes=3))
+    say("Ann", "fourth", 3)
     mem.reset()
-    mem.add("fifth", user_id="u", infer=False, timestamp=start + timedelta(minutes=4))
+    say("Ben", "fifth", 4)
     assert recording.seen == ["first", "first\nsecond", "first\nthird", "fourth", "fifth"]
