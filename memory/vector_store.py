@@ -4,8 +4,14 @@ Each memory row carries `user_id`, `agent_id` and `run_id` as real scalar fields
 COSINE, and, where the engine has it (Milvus 2.5+ and Milvus Lite), a BM25 sparse field produced by Milvus'
 own BM25 function over a jieba analyzer, so keyword search tokenises Chinese as well as English; the function reads
 a `keywords` field holding the text with its English words stemmed (`memory.keywords`). On Milvus
-Lite every user's rows live in their own partition (searches scan only that user's rows); on a server
-`user_id` is the partition key.
+Lite every user's rows live in their own partition (searches scan only that user's rows, with no user filter
+to evaluate); on a server `user_id` is the partition key.
+
+Milvus Lite is an engine written in Python that pymilvus reaches through a gRPC server in this very process.
+Writes and schema changes take that route, as on a server; reads (search, get, query) call the engine's own
+`milvus_lite.Collection` methods on the same in-memory collection, which costs about half as much as the round
+trip through gRPC and its translation of every row (`_lite_engine`; if a Milvus Lite release hides the engine, reads
+fall back to gRPC).
 
 On a Milvus server the store also:
 - connects with a bounded timeout and turns a refused token, an unreachable URI or a missing database into a
@@ -23,7 +29,9 @@ On a Milvus server the store also:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import threading
 from typing import Any, Protocol
@@ -157,6 +165,7 @@ class MilvusVectorStore:
         self.client.load_collection(self.collection)
         if self._partitioned:
             self._partitions = set(self.client.list_partitions(self.collection))
+        self._engine = None if self.is_server else _lite_engine(self.uri, self.collection)
 
     def _no_bm25_reason(self) -> str:
         """Why this server cannot have a BM25 field, or "" when it may (Milvus Lite, 2.5+, unknown version)."""
@@ -311,8 +320,11 @@ class MilvusVectorStore:
         if not ids:
             return []
         with self._lock:
-            rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS,
-                                   **self._read_options())
+            if self._engine is not None:
+                rows = self._engine.get(list(ids), output_fields=SCALAR_FIELDS)
+            else:
+                rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS,
+                                       **self._read_options())
         return [_record(r) for r in rows]
 
     def list(self, expr: str, user_id: str, limit: int | None) -> list[MemoryRecord]:
@@ -328,6 +340,8 @@ class MilvusVectorStore:
     def _query(self, expr: str, partition: list[str] | None, fields: list[str], limit: int | None) -> list[dict]:
         """Every row matching `expr` (up to `limit`), with these fields. Call with the lock held."""
         kwargs: dict[str, Any] = {"partition_names": partition} if partition else {}
+        if self._engine is not None:
+            return self._engine.query(expr=expr, output_fields=fields, limit=limit, **kwargs)
         if self.is_server:
             # One plain query answers most calls: a query iterator costs ~1 s on a server (its set-up and each
             # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
@@ -368,9 +382,15 @@ class MilvusVectorStore:
             partition = self._partition(user_id)
             if partition == []:
                 return []
-            hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                      search_params=params, output_fields=SCALAR_FIELDS, **self._read_options(),
-                                      **({"partition_names": partition} if partition else {}))
+            if partition:  # the user's own partition: the user clause of the filter holds for every row
+                expr = _without_user_clause(expr, user_id)
+            if self._engine is not None:
+                hits = self._engine.search(data, top_k=limit, metric_type=params["metric_type"], expr=expr or None,
+                                           partition_names=partition, output_fields=SCALAR_FIELDS, anns_field=field)
+            else:
+                hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
+                                          search_params=params, output_fields=SCALAR_FIELDS, **self._read_options(),
+                                          **({"partition_names": partition} if partition else {}))
         out = []
         for hit in hits[0] if hits else []:
             score = float(hit["distance"])
@@ -392,9 +412,35 @@ class MilvusVectorStore:
             try:
                 self.flush()
             finally:
+                self._engine = None
                 self.client.close()
                 if not self.is_server:
                     _release_lite_server(self.uri)
+
+
+def _lite_engine(uri: str, collection: str) -> Any | None:
+    """The embedded engine's collection behind a Milvus Lite `uri` opened by this process, or None.
+
+    pymilvus starts the engine through `milvus_lite.server_manager`, which keeps (server, database, port) per
+    path; the database's `get_collection` returns the one cached `Collection` the gRPC servicer also uses, so
+    reads from it see every write made through the client."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        _, database, _ = server_manager_instance._servers[os.path.abspath(uri)]
+        engine = database.get_collection(collection)
+        return engine if all(callable(getattr(engine, m, None)) for m in ("search", "get", "query")) else None
+    except Exception as exc:  # reads still work through gRPC, only slower
+        log.info("Milvus Lite engine not reachable for fast reads (%s); reading through gRPC", one_line(exc))
+        return None
+
+
+def _without_user_clause(expr: str, user_id: str) -> str:
+    """`expr` without its leading `user_id == ...` clause (as `scope_filter` writes it), when it has one."""
+    clause = scope_filter(user_id)
+    if expr == clause:
+        return ""
+    return expr[len(clause) + 5:] if expr.startswith(clause + " and ") else expr
 
 
 def _release_lite_server(path: str) -> None:
@@ -482,8 +528,11 @@ def _row(record: MemoryRecord) -> dict[str, Any]:
 
 
 def _record(row: dict[str, Any]) -> MemoryRecord:
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, str | bytes):  # the Milvus Lite engine returns JSON fields as their text
+        metadata = json.loads(metadata)
     return MemoryRecord(id=row["id"], user_id=row["user_id"], text=row["text"], agent_id=row.get("agent_id") or "",
-                        run_id=row.get("run_id") or "", metadata=dict(row.get("metadata") or {}),
+                        run_id=row.get("run_id") or "", metadata=dict(metadata),
                         created_at=int(row.get("created_at") or 0), updated_at=int(row.get("updated_at") or 0),
                         event_time=int(row.get("event_time") or 0), hash=row.get("hash") or "")
 

@@ -345,3 +345,31 @@ def test_threads_adding_and_searching_at_once_lose_nothing(mem: Memory) -> None:
     for worker in range(4):
         assert sorted(texts(mem.get_all(user_id=f"own-{worker}"))) == sorted(
             f"Worker {worker} own note {i}" for i in range(4))
+
+
+# -- the Milvus Lite read path -------------------------------------------------------------------------------
+def test_milvus_lite_reads_go_to_the_engine_and_agree_with_grpc(mem: Memory) -> None:
+    # A milvus-lite release that hid its engine would silently make every search about twice as slow.
+    assert mem.vectors._engine is not None
+    added = mem.add([{"role": "user", "content": c} for c in
+                     ("I moved to Berlin", "My sister lives in Lyon", "I play badminton on Fridays")],
+                    user_id="u", agent_id="a", infer=False, metadata={"session": "s1"})
+    ids = [r["id"] for r in added["results"]]
+    mem.update(ids[2], "I play tennis on Fridays")
+    mem.delete(ids[1])
+    mem.add("Berlin is cold in winter", user_id="other", infer=False)
+
+    def reads() -> list[Any]:
+        return [mem.search("Where do I live?", user_id="u"), mem.search("tennis", user_id="u", agent_id="a"),
+                mem.search("Berlin", user_id="u", filters={"session": "s1"}), mem.get_all(user_id="u"),
+                mem.get(ids[2]), mem.get(ids[1])]
+
+    through_engine = reads()
+    assert texts(through_engine[1])[0] == "I play tennis on Fridays"
+    assert "My sister lives in Lyon" not in texts(through_engine[3]) and through_engine[5] is None
+    assert all(r["user_id"] == "u" for found in through_engine[:4] for r in found["results"])
+    engine, mem.vectors._engine = mem.vectors._engine, None
+    try:
+        assert reads() == through_engine
+    finally:
+        mem.vectors._engine = engine
