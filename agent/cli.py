@@ -10,6 +10,11 @@ model endpoint) and the user's message is stored verbatim. When the session ends
 pending, the chat waits for them; a Ctrl-C during that wait stores them verbatim at once, without the model
 (further Ctrl-Cs are ignored while it does). The stores are closed cleanly in every case; nothing acknowledged
 is lost.
+
+On a terminal the prompt shows at once: the chat reads its settings (light), then imports LangGraph, LangChain and
+the memory engines and opens the stores in a background thread (`Startup`) while the user types; the first
+reply waits for it if need be. A failure there (a data directory held by another process, say) is one line and
+exit status 2, as it is before any prompt with piped input.
 """
 
 from __future__ import annotations
@@ -23,19 +28,19 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from agent.context import Context
-from agent.offline import OFFLINE_NOTICE
-from agent.settings import AgentRuntime, build_runtime
-from agent.writer import Exchange
-from memory import MemoryLayerError
-from memory.errors import one_line
+from agent.settings import OFFLINE_NOTICE, load_config, load_env
+from memory.errors import MemoryLayerError, one_line
+
+if TYPE_CHECKING:
+    from agent.settings import AgentRuntime
 
 MAX_INPUT_CHARS = 20_000
 QUIT_WORDS = {"quit", "exit", "bye"}
@@ -67,12 +72,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class Startup:
+    """Building the agent runtime (imports, stores, model) in a background thread; `runtime` waits for it."""
+
+    def __init__(self, build: Callable[[], AgentRuntime], on_failure: Callable[[BaseException], None]) -> None:
+        self._build = build
+        self._on_failure = on_failure
+        self._runtime: AgentRuntime | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="startup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._runtime = self._build()
+        except BaseException as exc:  # reported by `on_failure` and raised again by `runtime`
+            self._error = exc
+            self._on_failure(exc)
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        """True once the runtime is built (or failed)."""
+        return self._done.is_set()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What building the runtime raised, if it failed."""
+        return self._error
+
+    @property
+    def failed(self) -> bool:
+        """True when building the runtime failed."""
+        return self._error is not None
+
+    def wait(self) -> None:
+        """Block until the runtime is built (or failed)."""
+        self._done.wait()
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The runtime, once built; raises what building it raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._runtime is not None
+        return self._runtime
+
+
 class Chat:
     """One interactive (or piped) chat session."""
 
-    def __init__(self, runtime: AgentRuntime, console: Console, user_id: str, interactive: bool,
+    def __init__(self, startup: Startup, console: Console, user_id: str, interactive: bool,
                  show_recall: bool, recall_limit: int) -> None:
-        self.runtime = runtime
+        self.startup = startup
         self.console = console
         self.user_id = user_id
         self.interactive = interactive
@@ -81,6 +136,11 @@ class Chat:
         self.thread = {"configurable": {"thread_id": str(uuid.uuid4())}}
         self.abandoned: threading.Thread | None = None  # a reply left running when Ctrl-C ended the session
         self._handed_over = False
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The memory, model, writer and graph (waits while they are still being opened)."""
+        return self.startup.runtime
 
     # -- input ----------------------------------------------------------------------------------------------
     def lines(self) -> Iterator[str]:
@@ -117,6 +177,8 @@ class Chat:
         The turn runs in its own thread so that Ctrl-C ends the session at once, even while the model endpoint
         hangs: the turn is then abandoned (it prints and memorizes nothing more) and the message is stored
         verbatim."""
+        from agent.writer import Exchange
+
         failure: list[BaseException] = []
         self._handed_over = False  # set once the memorize step has queued this turn for the writer
 
@@ -142,6 +204,8 @@ class Chat:
             raise failure[0]
 
     def _turn(self, text: str) -> None:
+        from langchain_core.messages import AIMessageChunk, HumanMessage
+
         printed = False
         try:
             stream = self.runtime.graph.stream({"messages": [HumanMessage(text)]}, self.thread, context=self.context,
@@ -165,6 +229,8 @@ class Chat:
             self.console.print()
 
     def _on_update(self, update: dict, printed: bool) -> bool:
+        from langchain_core.messages import AIMessage
+
         if "memorize" in update:
             self._handed_over = True
         if "recall" in update and self.show_recall:
@@ -272,6 +338,11 @@ class Chat:
 
         Once the verbatim save has begun, further Ctrl-Cs are ignored: it takes a moment (no model call), and
         stopping it half-way would lose the user's words."""
+        if not self.startup.ready:
+            with _sigint_ignored():  # the stores are still opening: let them, so that they close cleanly
+                self.startup.wait()
+        if self.startup.failed:
+            return  # nothing is open; the failure was reported
         writer = self.runtime.writer
         writer.seal()
         try:
@@ -291,6 +362,13 @@ class Chat:
         """True when a reply was abandoned at Ctrl-C: its graph step may still wait on the model endpoint in a
         worker thread that the interpreter would wait for at exit."""
         return self.abandoned is not None
+
+
+def _startup_failed(console: Console, exc: BaseException) -> int:
+    """Say in one line why the chat cannot start; the exit status (2)."""
+    message = str(exc) if isinstance(exc, MemoryLayerError) and str(exc) else one_line(exc)
+    console.print(f"[red]error:[/] {escape(message)}")
+    return 2
 
 
 @contextlib.contextmanager
@@ -316,21 +394,42 @@ def main(argv: list[str] | None = None) -> int:
         no_color=True, highlight=False, force_terminal=False, soft_wrap=True, emoji=False)
     user_id = args.user or getpass.getuser() or "default"
     if args.env_file:
-        from agent.settings import load_env
-
         load_env(args.env_file)
     try:
-        runtime = build_runtime(data_dir=args.data_dir, chat_model=args.model,
-                                on_error=lambda message: console.print(f"[yellow]{escape(message)}[/]"))
+        config = load_config(args.data_dir)
     except MemoryLayerError as exc:
-        console.print(f"[red]error:[/] {escape(one_line(exc) if not str(exc) else str(exc))}")
-        return 2
-    except KeyboardInterrupt:  # while the stores open: nothing was written yet
-        console.print("[dim](interrupted)[/]")
-        return 0
+        return _startup_failed(console, exc)
+
+    def build() -> AgentRuntime:
+        from agent.settings import build_runtime
+
+        return build_runtime(config=config, chat_model=args.model,
+                             on_error=lambda message: console.print(f"[yellow]{escape(message)}[/]"))
+
+    def failed_after_the_prompt(exc: BaseException) -> None:
+        # The user is at the prompt (the main thread waits on the terminal): say why and leave. Nothing is open
+        # (whatever had opened was closed by the failing step) and nothing was written yet.
+        console.print()
+        status = _startup_failed(console, exc)
+        sys.stdout.flush()
+        os._exit(status)
+
+    startup = Startup(build, on_failure=failed_after_the_prompt if interactive else lambda exc: None)
+    if not interactive:  # piped input: an unusable store is reported before anything is read
+        try:
+            startup.wait()
+        except KeyboardInterrupt:  # while the stores open: nothing was written yet
+            with _sigint_ignored():
+                startup.wait()
+                if not startup.failed:
+                    startup.runtime.close()
+            console.print("[dim](interrupted)[/]")
+            return 0
+        if startup.error is not None:
+            return _startup_failed(console, startup.error)
     show_recall = interactive if args.show_recall is None else args.show_recall
-    chat = Chat(runtime, console, user_id, interactive, show_recall, args.recall_limit)
-    if runtime.offline:
+    chat = Chat(startup, console, user_id, interactive, show_recall, args.recall_limit)
+    if config.llm is None:
         console.print(f"[yellow]{escape(OFFLINE_NOTICE)}[/]")
     if interactive:
         console.print(f"Hello {escape(user_id)}! Type /help for commands, quit to leave.")

@@ -14,9 +14,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-OFFLINE_NOTICE = ("No language model is configured, so replies are offline: I remember what you say and answer "
-                  "with what I recall. Set OPENAI_API_KEY (and OPENAI_BASE_URL, LLM_MODEL) in .env for real replies.")
-
 
 class OfflineChatModel(BaseChatModel):
     """Answers by listing the memories recalled into its system prompt."""

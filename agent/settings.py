@@ -1,4 +1,8 @@
-"""Putting the agent together from the environment (and `.env`): memory, chat model, writer, graph."""
+"""Putting the agent together from the environment (and `.env`): memory, chat model, writer, graph.
+
+Reading the configuration is light; the agent's heavy parts (LangGraph, LangChain, the memory engines) are
+imported by `build_runtime` only, so the chat can read its settings and greet the user while they load.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import load_dotenv
-from langchain_core.language_models import BaseChatModel
-from langgraph.graph.state import CompiledStateGraph
 
-from agent.graph import build_graph
-from agent.offline import OfflineChatModel
-from agent.writer import MemoryWriter
-from memory import Memory, MemoryConfig
-from memory.config import DEFAULT_CHAT_MODEL, LLMConfig
-from memory.llm import make_chat_model
+from memory.config import DEFAULT_CHAT_MODEL, LLMConfig, MemoryConfig
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langgraph.graph.state import CompiledStateGraph
+
+    from agent.writer import MemoryWriter
+    from memory import Memory
+
+OFFLINE_NOTICE = ("No language model is configured, so replies are offline: I remember what you say and answer "
+                  "with what I recall. Set OPENAI_API_KEY (and OPENAI_BASE_URL, LLM_MODEL) in .env for real replies.")
 
 
 @dataclass
@@ -43,13 +51,26 @@ def load_env(env_file: str | None = None) -> None:
         load_dotenv(path, override=False)
 
 
-def build_runtime(*, data_dir: str | None = None, chat_model: str | None = None,
-                  on_error: Callable[[str], None] | None = None) -> AgentRuntime:
-    """Build the memory, the chat model (offline without an API key), the writer and the graph."""
+def load_config(data_dir: str | None = None) -> MemoryConfig:
+    """The memory configuration from the environment and `.env` (`data_dir` overrides MEMORY_DATA_DIR)."""
     load_env()
     config = MemoryConfig.from_env()
     if data_dir:
         config.data_dir = data_dir
+    return config
+
+
+def build_runtime(*, data_dir: str | None = None, chat_model: str | None = None,
+                  on_error: Callable[[str], None] | None = None, config: MemoryConfig | None = None) -> AgentRuntime:
+    """Build the memory, the chat model (offline without an API key), the writer and the graph, from `config`
+    or else from the environment."""
+    from agent.graph import build_graph
+    from agent.offline import OfflineChatModel
+    from agent.writer import MemoryWriter
+    from memory import Memory
+    from memory.llm import make_chat_model
+
+    config = config or load_config(data_dir)
     memory = Memory(config)
     try:
         offline = config.llm is None
