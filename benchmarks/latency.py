@@ -15,7 +15,8 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
 - `add_overhead_ms_p95`: `add(infer=True)` with an instant scripted model (everything but the model);
 - `turn_overhead_ms_p95`: one agent turn (recall + respond + memorize hand-off) with instant models, as the
   user waits for it; the background memory write is waited for between turns, outside the timing;
-- `cold_start_s`: a new `python -m agent` process on a terminal (a pty) until its first prompt;
+- `cold_start_s`: a new `python -m agent` process on a terminal (a pty) until its first prompt; `first_reply_s`:
+  until the (offline) reply to a message typed at that prompt at once, the stores opening in the background;
 - `peak_rss_mb`: this process' peak resident memory (all users' stores open);
 - `llm_calls_per_add`, `llm_calls_per_search`, `memory_context_tokens` (the recalled-memory block of the
   prompt at default settings, estimated as characters / 4 for English text).
@@ -163,27 +164,29 @@ def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str
     return times, int(np.mean(tokens))
 
 
-def cold_start(data_dir: Path) -> float:
-    """Seconds from starting `python -m agent` on a pty to its first prompt."""
+def cold_start(data_dir: Path) -> tuple[float, float]:
+    """Seconds from starting `python -m agent` on a pty to its first prompt, and to the (offline) reply to a
+    message typed at that prompt at once (the stores open in the background meanwhile)."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["MEMORY_DATA_DIR"] = str(data_dir)
     began = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "agent", "--user", "bench"], stdin=slave, stdout=slave,
                                stderr=slave, env=env, cwd=data_dir, close_fds=True)
-    seen = b""
+    seen, marks = b"", []
     try:
-        while b"You" not in seen and time.perf_counter() - began < 60:
-            ready, _, _ = select.select([master], [], [], 1)
-            if ready:
-                seen += os.read(master, 4096)
-        elapsed = time.perf_counter() - began
-        os.write(master, b"quit\n")
+        for wanted, then in ((b"You", b"hello\r"), (b"Assistant", b"quit\r")):
+            while wanted not in seen and time.perf_counter() - began < 60:
+                ready, _, _ = select.select([master], [], [], 1)
+                if ready:
+                    seen += os.read(master, 4096)
+            marks.append(time.perf_counter() - began)
+            os.write(master, then)
         process.wait(timeout=60)
     finally:
         os.close(master)
         os.close(slave)
-    return elapsed
+    return marks[0], marks[1]
 
 
 def run(sizes: list[int], n_users: int, n_queries: int) -> dict[str, Any]:
@@ -222,7 +225,9 @@ def run(sizes: list[int], n_users: int, n_queries: int) -> dict[str, Any]:
         report["memory_context_tokens"] = tokens
         memory.close()
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        report["cold_start_s"] = round(cold_start(Path(tmp)), 2)
+        to_prompt, to_reply = cold_start(Path(tmp))
+        report["cold_start_s"] = round(to_prompt, 2)
+        report["first_reply_s"] = round(to_reply, 2)
     return report
 
 
