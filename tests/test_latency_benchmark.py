@@ -1,0 +1,28 @@
+"""`python -m benchmarks.latency` keeps its interface: the JSON keys other tools read, on a tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = ["search_ms_p50", "search_ms_p95", "floor_ms_p50", "search_over_floor", "search_ms_p95_at", "add_raw_per_s",
+        "add_overhead_ms_p95", "turn_overhead_ms_p95", "cold_start_s", "first_reply_s", "peak_rss_mb",
+        "llm_calls_per_add", "llm_calls_per_search", "memory_context_tokens"]
+
+
+def test_latency_benchmark_reports_every_key_as_json(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "MILVUS_", "EMBEDD"))}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--memories", "10,30", "--users", "2",
+                          "--queries", "10", "--json"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert [k for k in KEYS if k not in report] == []
+    assert set(report["search_ms_p95_at"]) == {"10", "30"}
+    assert report["search_ms_p95"] == report["search_ms_p95_at"]["30"]
+    assert report["llm_calls_per_add"] == 1 and report["llm_calls_per_search"] == 0
+    assert 0 < report["memory_context_tokens"] <= 1000
+    assert 0 < report["cold_start_s"] < report["first_reply_s"]
