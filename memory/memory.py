@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_CONVERSATION_CHARS = 50_000
 RELATED_MEMORIES = 10
 RELATED_RELATIONS = 30
+QUERY_VECTORS_KEPT = 64
 
 
 class Memory:
@@ -75,6 +76,7 @@ class Memory:
         self._versions: dict[str, int] = defaultdict(int)  # commits per user, to notice a stale extraction
         # the last verbatim turn per (user, agent, run) and the user's version then: the next turn's context
         self._last_turns: dict[tuple[str, str, str], tuple[int, MemoryRecord]] = {}
+        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # see _query_vector
         self._guard = threading.Lock()
         self._closed = False
         try:
@@ -186,7 +188,7 @@ class Memory:
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
-        query_vector = embed(self.embedder, [user_text[:4000]], query=True)[0]
+        query_vector = self._query_vector(user_text[:4000])
         shown = [r for r, _ in self._rank(user_text[:4000], query_vector, scope, template.user_id, RELATED_MEMORIES)]
         entities = self.graph.entities(template.user_id)
         mentioned = mentioned_entities(user_text, entities, "user")
@@ -287,7 +289,7 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
-        vector = embed(self.embedder, [query], query=True)[0]
+        vector = self._query_vector(query)
         entities = self.graph.entities(user_id)
         mentioned = mentioned_entities(query, entities, "user")
         relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
@@ -311,6 +313,21 @@ class Memory:
         window = recipe.episode_window(r for r, _ in ranked[:recipe.neighbour_windows])
         around = self.vectors.search_dense(vector, combine(expr, window), user_id, recipe.neighbour_rows)
         return fuse(dense, keyword, graph_ids or set(), recipe, now, query=query, around=around)[:limit]
+
+    def _query_vector(self, text: str) -> np.ndarray:
+        """The query embedding of `text`. The last few are kept: an agent turn embeds the user's message twice,
+        to recall before the reply and to show the model related memories when it is memorized after."""
+        with self._guard:
+            vector = self._query_vectors.get(text)
+            if vector is not None:
+                self._query_vectors.move_to_end(text)
+                return vector
+        vector = embed(self.embedder, [text], query=True)[0]
+        with self._guard:
+            self._query_vectors[text] = vector
+            while len(self._query_vectors) > QUERY_VECTORS_KEPT:
+                self._query_vectors.popitem(last=False)
+        return vector
 
     def get(self, memory_id: str) -> dict[str, Any] | None:
         """One memory by id, or None."""

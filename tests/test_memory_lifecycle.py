@@ -373,3 +373,22 @@ def test_milvus_lite_reads_go_to_the_engine_and_agree_with_grpc(mem: Memory) -> 
         assert reads() == through_engine
     finally:
         mem.vectors._engine = engine
+
+
+def test_an_agent_turn_embeds_the_users_message_once(mem: Memory, model: PromptReadingModel,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Recall searches the message before the reply; memorizing it after shows the model related memories,
+    # found with the same query vector.
+    queries: list[str] = []
+    original = mem.embedder.embed_array
+
+    def counting(texts: list[str], *, query: bool = False) -> Any:
+        queries.extend(texts if query else [])
+        return original(texts, query=query)
+
+    monkeypatch.setattr(mem.embedder, "embed_array", counting)
+    model.push(LIKES_BADMINTON)
+    assert mem.search("I like badminton", user_id="u")["results"] == []
+    mem.add("I like badminton", user_id="u")
+    assert texts(mem.search("I like badminton", user_id="u")) == ["Likes badminton"]
+    assert queries == ["I like badminton"]
