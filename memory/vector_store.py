@@ -61,6 +61,10 @@ SCALAR_FIELDS = ["id", "user_id", "agent_id", "run_id", "text", "metadata", "cre
 # Searching many unflushed rows on Milvus Lite is slow (a brute-force scan of a growing segment): flush once
 # this many rows have been written since the last flush.
 FLUSH_EVERY = 64
+# The client's channel to this process' own Milvus Lite server sends no keepalive pings: pymilvus pings every 10 s,
+# and after a minute without calls the server answers with a GOAWAY ("too_many_pings") that gRPC logs on stderr,
+# in the middle of the chat.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
 # Seconds to wait for a Milvus server's channel before saying it cannot be reached.
 CONNECT_TIMEOUT = 5.0
 # Server reads see this process's own writes (pymilvus keeps the last write timestamp per collection).
@@ -114,7 +118,7 @@ class MilvusVectorStore:
                 raise StoreError(f"Milvus at {uri} does not tell its version: {one_line(exc)}") from exc
         else:
             try:
-                self.client = MilvusClient(uri=uri)
+                self.client = MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
             except Exception as exc:
                 raise StoreError(f"cannot open Milvus Lite at {uri}: {one_line(exc)}") from exc
         self._native_upsert = not (is_server and self.server_version is not None
