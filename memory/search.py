@@ -3,7 +3,10 @@
 No LLM is involved: the query is embedded once, the vector store is asked for its nearest and its BM25 best
 rows (Milvus' own BM25 function over stemmed text, see `memory.keywords`), the
 graph for the relations of the entities the query mentions. Each candidate's relevance is its dense and BM25
-scores, min-max normalised over the candidates and weighted; then conversation structure is added: a
+scores, min-max normalised over the candidates and weighted; a memory's BM25 counts in proportion to the share of
+the query's keywords it contains, and the keyword weight shrinks when the nearest memories are written in another
+script than the query (BM25 cannot match a Chinese question to an English memory, so its silence there says
+nothing and its hits elsewhere must not decide alone). Then conversation structure is added: a
 memory said by (or about) a person the query names gains a boost, a memory gains a fraction of the relevance
 of the memories just before and after it in its episode (an answer usually follows the question that names
 the topic), and every memory gains a fraction of its episode's best score. A small recency term lets the
@@ -27,6 +30,8 @@ from functools import lru_cache
 
 from memory.filters import combine, literal, scope_filter
 from memory.graph_store import USER_ALIASES, Entity
+from memory.keywords import analysed_terms, matched_share
+from memory.language_bias import cjk_share
 from memory.records import MemoryRecord, Relation, normalize_text
 
 DAY_MS = 86_400_000
@@ -50,6 +55,12 @@ class SearchRecipe:
     # "minmax": each retriever's scores rescaled over the candidate pool (BM25 from 0, cosine from the pool's
     # weakest); "damped": cosine as is and BM25 over the best hit, damped so one weak match does not look perfect.
     normalisation: str = "minmax"
+    # Scale a memory's normalised BM25 by the share of the query's keywords it contains: one common word shared
+    # with the query ("like", 喜欢) is not a full keyword match.
+    keyword_coverage: bool = True
+    # Scale the keyword weight by how far the dense retriever's nearest `script_rows` memories are written in the
+    # query's script (Chinese or Latin): BM25 cannot see a match across scripts. 0 turns this off.
+    script_rows: int = 10
     # A memory whose metadata names a person (these keys) that the query names too.
     speaker_weight: float = 0.2
     speaker_keys: tuple[str, ...] = ("speaker", "author", "person")
@@ -214,6 +225,28 @@ def _normalised(dense: dict[str, float], keyword: dict[str, float], dense_pool: 
     return dense_norm, ({k: v / top_keyword for k, v in keyword.items()} if top_keyword else {})
 
 
+def _script_overlap(first: float, second: float) -> float:
+    """The chance that a term of one text and a term of another share a script, from their Chinese shares."""
+    return first * second + (1.0 - first) * (1.0 - second)
+
+
+def keyword_evidence(query: str, records: dict[str, MemoryRecord], dense_norm: dict[str, float],
+                     keyword_norm: dict[str, float], recipe: SearchRecipe) -> dict[str, float]:
+    """Normalised BM25 scores discounted by keyword coverage and script visibility (see `SearchRecipe`)."""
+    if not keyword_norm:
+        return keyword_norm
+    visible = 1.0
+    if recipe.script_rows:
+        nearest = sorted(dense_norm, key=dense_norm.__getitem__, reverse=True)[:recipe.script_rows]
+        if nearest:
+            share = cjk_share(query)
+            visible = sum(_script_overlap(share, cjk_share(records[i].text)) for i in nearest) / len(nearest)
+    terms = analysed_terms(query) if recipe.keyword_coverage else frozenset()
+    if not terms:
+        return {i: score * visible for i, score in keyword_norm.items()}
+    return {i: score * visible * matched_share(terms, records[i].text) for i, score in keyword_norm.items()}
+
+
 def match_strength(cosine: float, bm25: float, recipe: SearchRecipe) -> float:
     """How well one memory matches the query on an absolute 0..1 scale: what the best result's score says.
 
@@ -255,6 +288,7 @@ def fuse(dense: list[tuple[MemoryRecord, float]], keyword: list[tuple[MemoryReco
     if not records:
         return []
     dense_norm, keyword_norm = _normalised(dense_raw, keyword_raw, {r.id for r, _ in dense}, recipe)
+    keyword_norm = keyword_evidence(query, records, dense_norm, keyword_norm, recipe)
     relevance = {i: recipe.dense_weight * dense_norm.get(i, 0.0) + recipe.keyword_weight * keyword_norm.get(i, 0.0)
                  for i in records}
     score = dict(relevance)

@@ -13,6 +13,9 @@ English facts, where e5 prefers any Chinese memory to the English one.
 Each fact is told on its own day (a user tells their life over many conversations), so no two facts fall into
 one episode: the episode signals (context embedding at ingest, neighbour and episode scores) then play no part,
 and the check measures the language handling only. The stores are filled once per module.
+
+With the query-side correction of e5's language bias and the keyword evidence discounted by coverage and script
+(memory.language_bias, memory.search.keyword_evidence), 29 of the 36 rank first (22 before).
 """
 
 from __future__ import annotations
@@ -85,52 +88,47 @@ def fails(rank: str, cause: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"recall gap: the memory ranks {rank} today; {cause}")
 
 
-# e5-small puts the Chinese memories above the English ones for a Chinese question (cosine rank 17-31 here).
-E5_LANGUAGE_BIAS = "e5 prefers same-language memories to the English fact"
+# Even with e5's language offset taken out of the query (memory.language_bias), other English memories of work and
+# family stay closer on cosine than the English fact, and BM25 cannot see it.
+E5_NEAR_MISS = "the query vector loses e5's Chinese bias, but other English memories stay closer on cosine"
 
 
 QUESTIONS = [
     # Chinese questions, Chinese facts
     pytest.param("谁是蜘蛛侠", SPIDER_MAN, id="zh-zh-spider-man"),
     pytest.param("我对什么过敏", PEANUTS, id="zh-zh-allergy"),
-    pytest.param("我喜欢什么户外活动", HIKING, id="zh-zh-outdoors",
-                 marks=fails("5", "first on cosine; BM25 on 喜欢 alone (not a stop word) lifts shorter memories")),
+    pytest.param("我喜欢什么户外活动", HIKING, id="zh-zh-outdoors"),
     pytest.param("我讨厌哪项运动", NO_BADMINTON, id="zh-zh-disliked-sport"),
     pytest.param("我的狗叫什么名字", DOG, id="zh-zh-dog"),
     pytest.param("我几号过生日", BIRTHDAY, id="zh-zh-birthday"),
     pytest.param("我在哪里上的大学", UNIVERSITY, id="zh-zh-university"),
     pytest.param("我女儿多大了", DAUGHTER, id="zh-zh-daughter"),
     pytest.param("我在学什么乐器", GUITAR, id="zh-zh-instrument"),
-    pytest.param("我家在哪个城市", HOME, id="zh-zh-home"),
+    pytest.param("我家在哪个城市", HOME, id="zh-zh-home",
+                 marks=fails("6", "without e5's bias toward Chinese, the English \"My sister/brother ... lives in"
+                             " 杭州/北京\" answer \"which city\" better on cosine; BM25 finds no word in common")),
     # Chinese questions, English facts
-    pytest.param("我妹妹住在哪里", SISTER, id="zh-en-sister",
-                 marks=fails("3", "cosine and BM25 (住) both put 我住在上海浦东 first")),
+    pytest.param("我妹妹住在哪里", SISTER, id="zh-en-sister"),
     pytest.param("我在哪家公司上班", JOB, id="zh-en-employer",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
+                 marks=fails("2", "the wife's job (腾讯, an employer too) is nearer on cosine")),
     pytest.param("我开什么车", CAR, id="zh-en-car",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
-    pytest.param("我为什么学日语", JAPANESE, id="zh-en-japanese",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
-    pytest.param("我爸爸做过什么手术", SURGERY, id="zh-en-surgery",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
+                 marks=fails("6", E5_NEAR_MISS)),
+    pytest.param("我为什么学日语", JAPANESE, id="zh-en-japanese"),
+    pytest.param("我爸爸做过什么手术", SURGERY, id="zh-en-surgery"),
     pytest.param("我最好的朋友是做什么工作的", BEST_FRIEND, id="zh-en-best-friend",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
-    pytest.param("我喜欢看恐怖片吗", HORROR, id="zh-en-horror",
-                 marks=fails("below 5", E5_LANGUAGE_BIAS)),
+                 marks=fails("4", E5_NEAR_MISS)),
+    pytest.param("我喜欢看恐怖片吗", HORROR, id="zh-en-horror"),
     pytest.param("我最爱吃什么菜", FOOD, id="zh-en-food"),
     # English questions, Chinese facts
     pytest.param("Who is Spider-Man?", SPIDER_MAN, id="en-zh-spider-man"),
     pytest.param("What am I allergic to?", PEANUTS, id="en-zh-allergy"),
     pytest.param("What is my dog's name?", DOG, id="en-zh-dog"),
-    pytest.param("When is my birthday?", BIRTHDAY, id="en-zh-birthday",
-                 marks=fails("2", "first on cosine; BM25's lone hit, \"Tom's birthday is in July\", wins")),
+    pytest.param("When is my birthday?", BIRTHDAY, id="en-zh-birthday"),
     pytest.param("Which university did I go to?", UNIVERSITY, id="en-zh-university"),
     pytest.param("Do I like badminton?", NO_BADMINTON, id="en-zh-badminton",
                  marks=fails("4", "the English distractor I played badminton wins on cosine and BM25")),
-    pytest.param("What instrument am I learning?", GUITAR, id="en-zh-instrument",
-                 marks=fails("2", "first on cosine; BM25's lone hit on learning (the Japanese lessons) wins")),
-    pytest.param("What do I drink every morning?", COFFEE, id="en-zh-coffee",
-                 marks=fails("2", "first on cosine; BM25's lone hit on every/morning (the Saturday run) wins")),
+    pytest.param("What instrument am I learning?", GUITAR, id="en-zh-instrument"),
+    pytest.param("What do I drink every morning?", COFFEE, id="en-zh-coffee"),
     # English questions sharing no word with their fact
     pytest.param("Where does my sister live?", SISTER, id="en-en-sister"),
     pytest.param("What is my job?", JOB, id="en-en-job",
@@ -140,7 +138,7 @@ QUESTIONS = [
     pytest.param("小雨住在哪个城市", SISTER, id="mixed-xiaoyu-city"),
     pytest.param("我在阿里巴巴做什么工作", JOB, id="mixed-alibaba-role"),
     pytest.param("Tom 是做什么的", BEST_FRIEND, id="mixed-tom",
-                 marks=fails("2", "cosine ranks the fact below 5; BM25 on Tom prefers the shorter \"Tom's birthday\"")),
+                 marks=fails("2", "cosine ranks the fact third; BM25 on Tom prefers the shorter \"Tom's birthday\"")),
     pytest.param("我的 MacBook 是谁给的", MACBOOK, id="mixed-macbook"),
     pytest.param("我什么时候去 Tokyo", TOKYO, id="mixed-tokyo"),
     pytest.param("我最喜欢哪个 band", BAND, id="mixed-band"),

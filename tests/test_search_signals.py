@@ -21,7 +21,7 @@ from memory import Memory, MemoryConfig, SearchRecipe
 from memory.embeddings import shared_local_embedder
 from memory.filters import scope_filter
 from memory.records import MemoryRecord
-from memory.search import DEFAULT_RECIPE, fuse, names_in
+from memory.search import DEFAULT_RECIPE, fuse, keyword_evidence, names_in
 
 HOUR_MS = 3_600_000
 T0 = 1_700_000_000_000
@@ -69,6 +69,37 @@ def test_keyword_search_matches_other_forms_of_a_word_in_english_only(data_dir: 
 
 
 # -- fusion -------------------------------------------------------------------------------------------------
+def test_a_keyword_hit_counts_by_the_share_of_the_query_keywords_it_contains() -> None:
+    records = {r.id: r for r in (record("all", "Melanie painted the lake at sunset"), record("one", "Melanie ran"),
+                                 record("zh", "我喜欢打乒乓球"))}
+    dense_norm = {"all": 1.0, "one": 0.5, "zh": 0.0}
+    by_coverage = dataclasses.replace(DEFAULT_RECIPE, script_rows=0)
+    found = keyword_evidence("What did Melanie paint at the lake?", records, dense_norm, {"all": 1.0, "one": 1.0},
+                             by_coverage)
+    assert found == pytest.approx({"all": 1.0, "one": 1 / 3}), "melanie/paint/lake, stemmed as BM25 sees them"
+    chinese = keyword_evidence("我喜欢什么户外活动", records, dense_norm, {"zh": 1.0}, by_coverage)
+    assert 0 < chinese["zh"] < 0.5, "喜欢 is one of the question's terms (户外, 活动, ...)"
+    off = dataclasses.replace(by_coverage, keyword_coverage=False)
+    assert keyword_evidence("Melanie", records, dense_norm, {"one": 0.4}, off) == {"one": 0.4}
+
+
+def test_keyword_evidence_shrinks_when_the_nearest_memories_are_in_another_script() -> None:
+    english = [record(f"en{i}", text) for i, text in enumerate(["My sister lives in Boston", "I live in Shanghai",
+                                                                "My brother lives in Beijing", "I drive a car"])]
+    chinese = [record(f"zh{i}", text) for i, text in enumerate(["我妹妹住在杭州", "我住在上海", "我哥哥住在北京",
+                                                                "我开车"])]
+    records = {r.id: r for r in english + chinese}
+    recipe = dataclasses.replace(DEFAULT_RECIPE, keyword_coverage=False, script_rows=4)
+    nearest_english = {r.id: 1.0 - i / 10 for i, r in enumerate(english + chinese)}
+    nearest_chinese = {r.id: 1.0 - i / 10 for i, r in enumerate(chinese + english)}
+    hits = {"zh0": 1.0}
+    assert keyword_evidence("我妹妹住在哪里", records, nearest_english, hits, recipe) == {"zh0": 0.0}, \
+        "BM25 cannot see the English memories the dense side found nearest: its hit does not decide alone"
+    assert keyword_evidence("我妹妹住在哪里", records, nearest_chinese, hits, recipe) == {"zh0": 1.0}
+    assert keyword_evidence("Where does my sister live?", records, nearest_english, {"en0": 0.7}, recipe) == \
+        {"en0": 0.7}, "an English query among English memories is unchanged"
+
+
 def test_a_memory_gains_from_its_neighbours_only_within_its_episode() -> None:
     question = record("question", at=T0)
     answer = record("answer", at=T0 + 60_000)
