@@ -67,7 +67,6 @@ _STOP_SET = frozenset(STOP_WORDS)
 ANALYZER_PARAMS = {"tokenizer": "jieba", "filter": [{"type": "stop", "stop_words": STOP_WORDS}]}
 
 
-
 @lru_cache(maxsize=4096)
 def analysed_terms(text: str) -> frozenset[str]:
     """The distinct terms BM25 sees in a query: jieba's search-mode tokens of `keyword_text`, lower-cased, minus
