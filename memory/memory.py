@@ -19,6 +19,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,6 +78,7 @@ class Memory:
         # the last verbatim turn per (user, agent, run) and the user's version then: the next turn's context
         self._last_turns: dict[tuple[str, str, str], tuple[int, MemoryRecord]] = {}
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # see _query_vector
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memory-search")  # see _rank
         self._guard = threading.Lock()
         self._closed = False
         try:
@@ -188,8 +190,7 @@ class Memory:
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
-        query_vector = self._query_vector(user_text[:4000])
-        shown = [r for r, _ in self._rank(user_text[:4000], query_vector, scope, template.user_id, RELATED_MEMORIES)]
+        shown = [r for r, _ in self._rank(user_text[:4000], scope, template.user_id, RELATED_MEMORIES)]
         entities = self.graph.entities(template.user_id)
         mentioned = mentioned_entities(user_text, entities, "user")
         shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
@@ -289,23 +290,30 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
-        vector = self._query_vector(query)
         entities = self.graph.entities(user_id)
         mentioned = mentioned_entities(query, entities, "user")
         relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
         graph_ids = {m for r in relations for m in r.memory_ids}
-        ranked = self._rank(query, vector, expr, user_id, limit, graph_ids)
+        ranked = self._rank(query, expr, user_id, limit, graph_ids)
         if threshold is not None:
             ranked = [(r, s) for r, s in ranked if s >= threshold]
         return {"results": [r.to_result(s) for r, s in ranked],
                 "relations": [r.to_result() for r in rank_relations(relations, query, mentioned, limit)]}
 
-    def _rank(self, query: str, vector: np.ndarray, expr: str, user_id: str, limit: int,
+    def _rank(self, query: str, expr: str, user_id: str, limit: int,
               graph_ids: set[str] | None = None) -> list[tuple[MemoryRecord, float]]:
         recipe, now = self.recipe, now_ms()
         pool = max(recipe.candidates, limit)
-        dense = self.vectors.search_dense(vector, expr, user_id, pool)
-        keyword = self.vectors.search_keyword(query, expr, user_id, pool)
+        # The keyword search needs no vector: it runs in a worker while the query is embedded (the embedder's C
+        # code releases the GIL, and on one thread it leaves the other core free).
+        keyword_hits = self._workers.submit(self.vectors.search_keyword, query, expr, user_id, pool)
+        try:
+            vector = self._query_vector(query)
+            dense = self.vectors.search_dense(vector, expr, user_id, pool)
+        except BaseException:
+            wait([keyword_hits])  # the worker's own outcome must not replace this error
+            raise
+        keyword = keyword_hits.result()
         ranked = fuse(dense, keyword, graph_ids or set(), recipe, now, query=query)
         if not (recipe.uses_episodes and recipe.neighbour_windows and ranked):
             return ranked[:limit]
@@ -410,6 +418,8 @@ class Memory:
         self._close_opened()
 
     def _close_opened(self) -> None:
+        if hasattr(self, "_workers"):
+            self._workers.shutdown(wait=True)
         for name in ("vectors", "graph", "history_db"):
             store = getattr(self, name, None)
             if store is not None:
