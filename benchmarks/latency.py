@@ -111,10 +111,17 @@ def ingest(memory: Memory, users: list[str], start: int, stop: int, texts: dict[
     return count / (time.perf_counter() - began)
 
 
+def forget_query_vectors(memory: Memory) -> None:
+    """Empty the memory's cache of query embeddings: the benchmark's few query templates repeat, while a user's
+    next message is new, so every timed search embeds its query."""
+    memory._query_vectors.clear()
+
+
 def time_search(memory: Memory, user: str, queries: list[str]) -> list[float]:
     """Wall time of each search (ms)."""
     times = []
     for query in queries:
+        forget_query_vectors(memory)
         began = time.perf_counter()
         memory.search(query, user_id=user, limit=10)
         times.append((time.perf_counter() - began) * 1000)
@@ -154,6 +161,7 @@ def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str
     times, tokens = [], []
     for query in queries:
         writer.wait()
+        forget_query_vectors(memory)
         began = time.perf_counter()
         state = graph.invoke({"messages": [HumanMessage(query)]}, thread, context=Context(user_id=user))
         times.append((time.perf_counter() - began) * 1000)
