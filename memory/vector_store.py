@@ -444,7 +444,8 @@ def _without_user_clause(expr: str, user_id: str) -> str:
     clause = scope_filter(user_id)
     if expr == clause:
         return ""
-    return expr[len(clause) + 5:] if expr.startswith(clause + " and ") else expr
+    prefix = clause + " and "
+    return expr[len(prefix):] if expr.startswith(prefix) else expr
 
 
 def _release_lite_server(path: str) -> None:
