@@ -3,15 +3,13 @@
 Each memory row carries `user_id`, `agent_id` and `run_id` as real scalar fields, a dense vector searched by
 COSINE, and, where the engine has it (Milvus 2.5+ and Milvus Lite), a BM25 sparse field produced by Milvus'
 own BM25 function over a jieba analyzer, so keyword search tokenises Chinese as well as English; the function reads
-a `keywords` field holding the text with its English words stemmed (`memory.keywords`). On Milvus
-Lite every user's rows live in their own partition (searches scan only that user's rows, with no user filter
-to evaluate); on a server `user_id` is the partition key.
+a `keywords` field holding the text with its English words stemmed (`memory.keywords`). On a server `user_id` is
+the partition key; on Milvus Lite (which has neither partitions nor a working partition-key filter) it is a plain
+field, and every read carries the user's filter.
 
-Milvus Lite is an engine written in Python that pymilvus reaches through a gRPC server in this very process.
-Writes and schema changes take that route, as on a server; reads (search, get, query) call the engine's own
-`milvus_lite.Collection` methods on the same in-memory collection, which costs about half as much as the round
-trip through gRPC and its translation of every row (`_lite_engine`; if a Milvus Lite release hides the engine, reads
-fall back to gRPC).
+Milvus Lite 2.5 is Milvus' C++ engine in a child process that pymilvus starts for the file and reaches through
+a Unix socket: its searches run in compiled code, outside this process' GIL. It is started with SIGINT blocked,
+so a Ctrl-C in the chat reaches the chat (which finishes its writes and closes the store) and not the engine.
 
 On a Milvus server the store also:
 - connects with a bounded timeout and turns a refused token, an unreachable URI or a missing database into a
@@ -28,19 +26,19 @@ On a Milvus server the store also:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
+import signal
+import sqlite3
 import threading
+from contextlib import closing
 from typing import Any, Protocol
 
-import jieba
 import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
-from memory.errors import ConfigError, StoreError, one_line
+from memory.errors import ConfigError, InputError, StoreError, one_line
 from memory.filters import combine, literal, scope_filter
 from memory.keywords import ANALYZER_PARAMS, keyword_text
 from memory.records import MemoryRecord
@@ -48,8 +46,6 @@ from memory.records import MemoryRecord
 log = logging.getLogger(__name__)
 # pymilvus logs every failed RPC and some benign iterator notes; this module turns failures into one-line errors.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-# Milvus Lite's jieba analyzer announces its dictionary load on stderr.
-jieba.setLogLevel(logging.WARNING)
 
 MAX_TEXT_BYTES = 65_535
 # HNSW (server) graph degree, build-time and least search-time candidate list.
@@ -58,13 +54,16 @@ HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 64
 SCALAR_FIELDS = ["id", "user_id", "agent_id", "run_id", "text", "metadata", "created_at", "updated_at",
                  "event_time", "hash"]
-# Searching many unflushed rows on Milvus Lite is slow (a brute-force scan of a growing segment): flush once
-# this many rows have been written since the last flush.
-FLUSH_EVERY = 64
-# The client's channel to this process' own Milvus Lite server sends no keepalive pings: pymilvus pings every 10 s,
-# and after a minute without calls the server answers with a GOAWAY ("too_many_pings") that gRPC logs on stderr,
-# in the middle of the chat.
+# The client's channel to the Milvus Lite engine sends no keepalive pings: pymilvus pings every 10 s, and after a
+# minute without calls a gRPC server answers with a GOAWAY ("too_many_pings") that gRPC logs on stderr, in the
+# middle of the chat.
 LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
+# A JSON escape in a string literal (`memory.filters.literal`), and how Milvus Lite's parser wants the characters
+# it stands for; the others (quote, backslash) read alike.
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_LITE_ESCAPES = {"n": "\\\n", "t": "\t"}
+# Seconds to wait for the Milvus Lite engine's hold on its file while rewriting it after an erasure.
+LITE_VACUUM_TIMEOUT = 10.0
 # Seconds to wait for a Milvus server's channel before saying it cannot be reached.
 CONNECT_TIMEOUT = 5.0
 # Server reads see this process's own writes (pymilvus keeps the last write timestamp per collection).
@@ -72,8 +71,8 @@ SERVER_CONSISTENCY = "Session"
 # Milvus' BM25 function (full-text search) appeared in 2.5; upsert with a partition key is right from 2.4.
 BM25_SINCE = (2, 5)
 PARTITION_KEY_UPSERT_SINCE = (2, 4)
-# The most rows one plain query returns on a server (Milvus' offset + limit bound).
-SERVER_QUERY_WINDOW = 16_384
+# The most rows one plain query returns (Milvus' offset + limit bound).
+QUERY_WINDOW = 16_384
 # Each (URI, database, reason) the degraded-mode warning was logged for: it is said once per process.
 _WARNED: set[tuple[str, str, str]] = set()
 
@@ -107,7 +106,6 @@ class MilvusVectorStore:
         self.uri = uri
         self.db_name = db_name or "default"
         self._lock = threading.RLock()
-        self._unflushed = 0
         self.server_version: tuple[int, int, int] | None = None
         if is_server:
             self.client = _connect_server(uri, token, self.db_name)
@@ -117,16 +115,12 @@ class MilvusVectorStore:
                 self.client.close()
                 raise StoreError(f"Milvus at {uri} does not tell its version: {one_line(exc)}") from exc
         else:
-            try:
-                self.client = MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
-            except Exception as exc:
-                raise StoreError(f"cannot open Milvus Lite at {uri}: {one_line(exc)}") from exc
+            self.client = _open_lite(uri)
         self._native_upsert = not (is_server and self.server_version is not None
                                    and self.server_version < PARTITION_KEY_UPSERT_SINCE)
         self._deleted_since_read = False
         self.keyword_search = True
         self._stemmed = False
-        self._partitions: set[str] = set()
         try:
             self._open_collection()
         except (ConfigError, StoreError):
@@ -148,12 +142,10 @@ class MilvusVectorStore:
             self.keyword_search = "sparse" in fields
             # collections made before the stemmed field have the BM25 function read `text`
             self._stemmed = "keywords" in fields
-            self._partitioned = not any(f.get("is_partition_key") for f in info["fields"]) and not self.is_server
             if not self.keyword_search:
                 self._say_no_bm25(self._no_bm25_reason()
                                   or f"the collection {self.collection!r} was created without a BM25 field")
         else:
-            self._partitioned = not self.is_server
             self._stemmed = True
             if reason := self._no_bm25_reason():
                 self.keyword_search = False
@@ -167,9 +159,9 @@ class MilvusVectorStore:
                     self._say_no_bm25(f"creating a BM25 field failed ({one_line(exc)})")
                     self._create(with_bm25=False)
         self.client.load_collection(self.collection)
-        if self._partitioned:
-            self._partitions = set(self.client.list_partitions(self.collection))
-        self._engine = None if self.is_server else _lite_engine(self.uri, self.collection)
+        # Milvus 2.5 fails a BM25 search of a collection that never held a row (its average length is NaN)
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], **self._read_options())
+        self._ever_written = bool(rows and rows[0].get("count(*)"))
 
     def _no_bm25_reason(self) -> str:
         """Why this server cannot have a BM25 field, or "" when it may (Milvus Lite, 2.5+, unknown version)."""
@@ -189,7 +181,7 @@ class MilvusVectorStore:
     def _create(self, with_bm25: bool) -> None:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, max_length=64, is_primary=True)
-        schema.add_field("user_id", DataType.VARCHAR, max_length=1024, is_partition_key=not self._partitioned)
+        schema.add_field("user_id", DataType.VARCHAR, max_length=1024, is_partition_key=self.is_server)
         schema.add_field("agent_id", DataType.VARCHAR, max_length=1024)
         schema.add_field("run_id", DataType.VARCHAR, max_length=1024)
         schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
@@ -219,18 +211,6 @@ class MilvusVectorStore:
                 self.client.drop_collection(self.collection)
             raise
 
-    def _partition(self, user_id: str, create: bool = False) -> list[str] | None:
-        """The partition holding this user's rows (Lite), or None to search the whole collection (server)."""
-        if not self._partitioned:
-            return None
-        name = "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
-        if name not in self._partitions:
-            if not create:
-                return []
-            self.client.create_partition(self.collection, name)
-            self._partitions.add(name)
-        return [name]
-
     # -- writes -------------------------------------------------------------------------------------------
     def upsert(self, records: list[MemoryRecord], vectors: np.ndarray) -> None:
         """Insert or replace rows (idempotent: replaying the same records changes nothing)."""
@@ -241,47 +221,30 @@ class MilvusVectorStore:
             for row in rows:
                 row["keywords"] = _clip(keyword_text(row["text"]))
         with self._lock:
-            by_user: dict[str, list[dict[str, Any]]] = {}
-            for row in rows:
-                by_user.setdefault(row["user_id"], []).append(row)
-            for user_id, user_rows in by_user.items():
-                partition = self._partition(user_id, create=True)
-                if self._native_upsert:
-                    self.client.upsert(self.collection, user_rows, **_in_partition(partition))
-                else:  # the insert's timestamp, later than the delete's, is what "Session" reads wait for
-                    self.client.delete(self.collection, ids=[row["id"] for row in user_rows])
-                    self.client.insert(self.collection, user_rows)
-            self._note_writes(len(rows))
+            self._ever_written = True
+            if self._native_upsert:
+                self.client.upsert(self.collection, rows)
+            else:  # the insert's timestamp, later than the delete's, is what "Session" reads wait for
+                self.client.delete(self.collection, ids=[row["id"] for row in rows])
+                self.client.insert(self.collection, rows)
 
     def delete(self, ids: list[str], user_id: str) -> None:
         """Delete rows by id."""
         if ids:
             with self._lock:
-                partition = self._partition(user_id)
-                if partition == []:
-                    return
-                self.client.delete(self.collection, ids=list(ids), **_in_partition(partition))
+                self.client.delete(self.collection, filter=self._expr(combine(scope_filter(user_id), _id_in(ids))))
                 self._deleted_since_read = self.is_server
-                self._note_writes(len(ids))
 
     def delete_user(self, user_id: str) -> int:
-        """Delete every row of one user and return how many there were. On Milvus Lite the user's partition is
-        dropped, so the rows leave the files too (a delete alone writes a tombstone and keeps the row's bytes in
-        its segment until a compaction that may never come); a server drops deleted rows at its own compaction.
-        Idempotent."""
+        """Delete every row of one user and return how many there were, and on Milvus Lite their bytes from the
+        file too (a server drops deleted rows' bytes at its own compaction). Idempotent."""
         with self._lock:
-            expr = scope_filter(user_id)
-            partition = self._partition(user_id)
-            if partition == []:
-                return 0
-            ids = [r["id"] for r in self._query(expr, partition, ["id"], limit=None)]
-            if partition:
-                self.client.drop_partition(self.collection, partition[0])
-                self._partitions.discard(partition[0])
-                return len(ids)
+            ids = [r["id"] for r in self._query(scope_filter(user_id), ["id"], limit=None)]
             for start in range(0, len(ids), 1000):
                 self.client.delete(self.collection, ids=ids[start:start + 1000])
             self._deleted_since_read = bool(ids)
+            if not self.is_server:
+                _vacuum_lite(self.uri)
             return len(ids)
 
     def _read_options(self) -> dict[str, Any]:
@@ -293,70 +256,43 @@ class MilvusVectorStore:
             return {"consistency_level": "Strong"}
         return {"consistency_level": SERVER_CONSISTENCY}
 
-    def _note_writes(self, count: int) -> None:
-        if self.is_server:
-            return  # a server seals segments itself and keeps writes in its log; a flush would cost ~1 s
-        self._unflushed += count
-        if self._unflushed >= FLUSH_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        """Seal freshly written rows so searches over them stay fast (Milvus Lite; a no-op on a server)."""
-        with self._lock:
-            if self._unflushed and not self.is_server:
-                self.client.flush(self.collection)
-                self._unflushed = 0
-
     # -- reads --------------------------------------------------------------------------------------------
     def known_hashes(self, user_id: str, expr: str, hashes: list[str]) -> set[str]:
         """Which of these text fingerprints the user's memories (within `expr`) already have."""
         if not hashes:
             return set()
         with self._lock:
-            partition = self._partition(user_id)
-            if partition == []:
-                return set()
             wanted = combine(expr, f"hash in [{', '.join(literal(h) for h in hashes)}]")
-            return {row["hash"] for row in self._query(wanted, partition, ["hash"], limit=None)}
+            return {row["hash"] for row in self._query(wanted, ["hash"], limit=None)}
 
     def get(self, ids: list[str]) -> list[MemoryRecord]:
         """Rows by id (missing ids are skipped)."""
         if not ids:
             return []
         with self._lock:
-            if self._engine is not None:
-                rows = self._engine.get(list(ids), output_fields=SCALAR_FIELDS)
-            else:
-                rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS,
-                                       **self._read_options())
+            rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS, **self._read_options())
         return [_record(r) for r in rows]
 
     def list(self, expr: str, user_id: str, limit: int | None) -> list[MemoryRecord]:
         """Rows matching an expression within one user's scope, newest first."""
         with self._lock:
-            partition = self._partition(user_id)
-            if partition == []:
-                return []
-            rows = self._query(expr, partition, SCALAR_FIELDS, limit=None)
+            rows = self._query(expr, SCALAR_FIELDS, limit=None)
         records = sorted((_record(r) for r in rows), key=lambda r: (r.updated_at, r.id), reverse=True)
         return records[:limit] if limit else records
 
-    def _query(self, expr: str, partition: list[str] | None, fields: list[str], limit: int | None) -> list[dict]:
+    def _query(self, expr: str, fields: list[str], limit: int | None) -> list[dict]:
         """Every row matching `expr` (up to `limit`), with these fields. Call with the lock held."""
-        kwargs: dict[str, Any] = {"partition_names": partition} if partition else {}
-        if self._engine is not None:
-            return self._engine.query(expr=expr, output_fields=fields, limit=limit, **kwargs)
-        if self.is_server:
-            # One plain query answers most calls: a query iterator costs ~1 s on a server (its set-up and each
-            # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
-            window = min(limit, SERVER_QUERY_WINDOW) if limit else SERVER_QUERY_WINDOW
-            rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
-                                     **kwargs, **self._read_options())
-            if len(rows) < window or (limit and limit <= SERVER_QUERY_WINDOW):
-                return list(rows)
+        # One plain query answers most calls: a query iterator costs ~1 s on a server (its set-up and each
+        # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
+        window = min(limit, QUERY_WINDOW) if limit else QUERY_WINDOW
+        expr = self._expr(expr)
+        rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
+                                 **self._read_options())
+        if len(rows) < window or (limit and limit <= QUERY_WINDOW):
+            return list(rows)
         out: list[dict] = []
         iterator = self.client.query_iterator(self.collection, batch_size=1000, filter=expr, output_fields=fields,
-                                              limit=limit if limit else -1, **kwargs)
+                                              limit=limit if limit else -1)
         try:
             while batch := iterator.next():
                 out.extend(batch)
@@ -373,79 +309,87 @@ class MilvusVectorStore:
 
     def search_keyword(self, text: str, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Rows ranked by BM25 over the jieba-analysed text (positive scores; empty without BM25 support)."""
-        if not self.keyword_search or not text.strip():
+        if not self.keyword_search or not self._ever_written or not text.strip():
             return []
         if self._stemmed:
             text = keyword_text(text)
-        # Milvus Lite reports BM25 as a negative distance; the server as a positive score. Use the magnitude.
+        # Milvus Lite 3 reported BM25 as a negative distance, Milvus 2.5 as a positive score: use the magnitude.
         return self._search([text], "sparse", {"metric_type": "BM25"}, expr, user_id, limit, sign=None)
 
     def _search(self, data: list, field: str, params: dict, expr: str, user_id: str, limit: int,
                 sign: float | None) -> list[tuple[MemoryRecord, float]]:
+        expr = self._expr(expr)
         with self._lock:
-            partition = self._partition(user_id)
-            if partition == []:
-                return []
-            if partition:  # the user's own partition: the user clause of the filter holds for every row
-                expr = _without_user_clause(expr, user_id)
-            if self._engine is not None:
-                hits = self._engine.search(data, top_k=limit, metric_type=params["metric_type"], expr=expr or None,
-                                           partition_names=partition, output_fields=SCALAR_FIELDS, anns_field=field)
-            else:
-                hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                          search_params=params, output_fields=SCALAR_FIELDS, **self._read_options(),
-                                          **({"partition_names": partition} if partition else {}))
+            hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
+                                      search_params=params, output_fields=SCALAR_FIELDS, **self._read_options())
         out = []
         for hit in hits[0] if hits else []:
             score = float(hit["distance"])
             out.append((_record(hit["entity"] | {"id": hit["id"]}), abs(score) if sign is None else score))
         return out
 
+    def _expr(self, expr: str) -> str:
+        """`expr` as this engine reads it: Milvus Lite's parser takes `\\` + a character as that character, so a
+        line break is written as a backslash and the break itself, and a tab as itself; it cannot match a
+        carriage return at all."""
+        if self.is_server or "\\" not in expr:
+            return expr
+        return _ESCAPE.sub(_lite_escape, expr)
+
     # -- lifecycle ----------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Drop and recreate the collection."""
         with self._lock:
             self.client.drop_collection(self.collection)
-            self._partitions = set()
-            self._unflushed = 0
             self._open_collection()
 
     def close(self) -> None:
-        """Flush and close the client; on Milvus Lite also stop this process' embedded server for the file."""
+        """Close the client; on Milvus Lite also stop this process' embedded server for the file."""
         with self._lock:
             try:
-                self.flush()
-            finally:
-                self._engine = None
                 self.client.close()
+            finally:
                 if not self.is_server:
                     _release_lite_server(self.uri)
 
 
-def _lite_engine(uri: str, collection: str) -> Any | None:
-    """The embedded engine's collection behind a Milvus Lite `uri` opened by this process, or None.
+def _open_lite(uri: str) -> MilvusClient:
+    """A client of Milvus Lite for the file `uri`, its engine process started with SIGINT blocked.
 
-    pymilvus starts the engine through `milvus_lite.server_manager`, which keeps (server, database, port) per
-    path; the database's `get_collection` returns the one cached `Collection` the gRPC servicer also uses, so
-    reads from it see every write made through the client."""
+    The engine is a child process in the chat's process group: a Ctrl-C typed in the terminal would stop it at
+    once, before the chat could finish its writes. A blocked signal mask is inherited by the child, and the
+    engine leaves SIGINT blocked; it stops when this process releases the file's lock (at `close()` or exit)."""
+    if os.path.isdir(uri):
+        raise StoreError(f"{uri} is a directory written by Milvus Lite 3, which this version (Milvus Lite 2.5, a "
+                         f"file) cannot read: move it away or set MEMORY_DATA_DIR to a new directory")
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        from milvus_lite.server_manager import server_manager_instance
-
-        _, database, _ = server_manager_instance._servers[os.path.abspath(uri)]
-        engine = database.get_collection(collection)
-        return engine if all(callable(getattr(engine, m, None)) for m in ("search", "get", "query")) else None
-    except Exception as exc:  # reads still work through gRPC, only slower
-        log.info("Milvus Lite engine not reachable for fast reads (%s); reading through gRPC", one_line(exc))
-        return None
+        return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
+    except Exception as exc:
+        raise StoreError(f"cannot open Milvus Lite at {uri}: {one_line(exc)}") from exc
+    finally:
+        if signal.SIGINT not in blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _without_user_clause(expr: str, user_id: str) -> str:
-    """`expr` without its leading `user_id == ...` clause (as `scope_filter` writes it), when it has one."""
-    clause = scope_filter(user_id)
-    if expr == clause:
-        return ""
-    prefix = clause + " and "
-    return expr[len(prefix):] if expr.startswith(prefix) else expr
+def _lite_escape(escape: re.Match[str]) -> str:
+    if escape[1] == "r":
+        raise InputError("Milvus Lite cannot match a carriage return in a filter value")
+    return _LITE_ESCAPES.get(escape[1], escape[0])
+
+
+def _vacuum_lite(path: str) -> None:
+    """Rewrite a Milvus Lite file without the free pages its deleted rows leave behind.
+
+    Milvus Lite 2.5 keeps its rows in SQLite, which deletes a row by freeing its page: the bytes stay in the
+    file until a VACUUM. The engine's own connection stays open; SQLite's locking makes the rewrite safe, and
+    the caller holds the store's lock so no write of ours is in flight."""
+    try:
+        with closing(sqlite3.connect(path, timeout=LITE_VACUUM_TIMEOUT)) as db:
+            db.execute("VACUUM")
+    except sqlite3.Error as exc:
+        raise StoreError(f"the Milvus Lite file {path} could not be rewritten without the deleted rows: "
+                         f"{one_line(exc)}") from exc
 
 
 def _release_lite_server(path: str) -> None:
@@ -522,8 +466,8 @@ def _clip(text: str) -> str:
     return text if len(data) <= MAX_TEXT_BYTES else data[:MAX_TEXT_BYTES].decode(errors="ignore")
 
 
-def _in_partition(partition: list[str] | None) -> dict[str, str]:
-    return {"partition_name": partition[0]} if partition else {}
+def _id_in(ids: list[str]) -> str:
+    return f"id in [{', '.join(literal(i) for i in ids)}]"
 
 
 def _row(record: MemoryRecord) -> dict[str, Any]:
@@ -534,8 +478,6 @@ def _row(record: MemoryRecord) -> dict[str, Any]:
 
 def _record(row: dict[str, Any]) -> MemoryRecord:
     metadata = row.get("metadata") or {}
-    if isinstance(metadata, str | bytes):  # the Milvus Lite engine returns JSON fields as their text
-        metadata = json.loads(metadata)
     return MemoryRecord(id=row["id"], user_id=row["user_id"], text=row["text"], agent_id=row.get("agent_id") or "",
                         run_id=row.get("run_id") or "", metadata=dict(metadata),
                         created_at=int(row.get("created_at") or 0), updated_at=int(row.get("updated_at") or 0),

@@ -1,10 +1,10 @@
 """Erasure is real: after `delete_all(user_id=...)` or `/forget all` in the chat, the raw files of the stores
-(every file under the Milvus Lite directory, the Kuzu database and its log, history.sqlite and its -wal) hold
-no byte of the user's texts, entity names or user id. Other users are untouched.
+(the Milvus Lite file, the Kuzu database and its log, history.sqlite and its -wal) hold no byte of the user's
+texts, entity names or user id. Other users are untouched.
 
-Milvus Lite keeps deleted rows in its segment files until a compaction, and Kuzu keeps deleted nodes in its
-file for good; the memory layer drops the user's Milvus partition and rewrites the graph file, so the scan
-below finds nothing, whether the rows were still in the write-ahead log or already sealed in segment files.
+Milvus Lite (SQLite underneath) keeps deleted rows' bytes in free pages, and Kuzu keeps deleted nodes in its file
+for good; the memory layer rewrites the Milvus Lite file (a VACUUM) and the graph file, so the scan below finds
+nothing, whether the rows were written in this session or an earlier one.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def files_holding(data_dir: Path, *needles: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {needle: [] for needle in needles}
     for root, _, names in os.walk(data_dir):
         for name in names:
+            if name == ".milvus.db.lock":  # holds no data; closing any handle on it drops the engine's POSIX lock
+                continue
             path = Path(root) / name
             content = path.read_bytes()
             for needle in needles:

@@ -7,6 +7,8 @@ Each test gets fresh stores in a temporary directory; the model is scripted and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from replays_memory import (
     update_op,
 )
 
-from memory import InputError, Memory, NotFoundError, SearchRecipe
+from memory import InputError, Memory, MemoryConfig, NotFoundError, SearchRecipe, StoreError
 
 LIKES_BADMINTON = answer([add_op("Likes badminton", ("USER", "likes", "badminton"))], {"badminton": "activity"})
 
@@ -347,32 +349,37 @@ def test_threads_adding_and_searching_at_once_lose_nothing(mem: Memory) -> None:
             f"Worker {worker} own note {i}" for i in range(4))
 
 
-# -- the Milvus Lite read path -------------------------------------------------------------------------------
-def test_milvus_lite_reads_go_to_the_engine_and_agree_with_grpc(mem: Memory) -> None:
-    # A milvus-lite release that hid its engine would silently make every search about twice as slow.
-    assert mem.vectors._engine is not None
-    added = mem.add([{"role": "user", "content": c} for c in
-                     ("I moved to Berlin", "My sister lives in Lyon", "I play badminton on Fridays")],
-                    user_id="u", agent_id="a", infer=False, metadata={"session": "s1"})
-    ids = [r["id"] for r in added["results"]]
-    mem.update(ids[2], "I play tennis on Fridays")
-    mem.delete(ids[1])
-    mem.add("Berlin is cold in winter", user_id="other", infer=False)
+# -- the Milvus Lite engine process -------------------------------------------------------------------------
+CTRL_C_SCRIPT = """
+import os, signal, sys, time
+from memory import Memory, MemoryConfig
+mem = Memory(MemoryConfig.from_dict({"data_dir": sys.argv[1]}))
+mem.add("I moved to Berlin", user_id="u", infer=False)
+try:
+    os.killpg(0, signal.SIGINT)  # what a Ctrl-C in the terminal sends: every process of the foreground group
+    time.sleep(5)
+except KeyboardInterrupt:
+    pass
+mem.add("My sister lives in Lyon", user_id="u", infer=False)
+print(sorted(r["memory"] for r in mem.get_all(user_id="u")["results"]))
+mem.close()
+"""
 
-    def reads() -> list[Any]:
-        return [mem.search("Where do I live?", user_id="u"), mem.search("tennis", user_id="u", agent_id="a"),
-                mem.search("Berlin", user_id="u", filters={"session": "s1"}), mem.get_all(user_id="u"),
-                mem.get(ids[2]), mem.get(ids[1])]
 
-    through_engine = reads()
-    assert texts(through_engine[1])[0] == "I play tennis on Fridays"
-    assert "My sister lives in Lyon" not in texts(through_engine[3]) and through_engine[5] is None
-    assert all(r["user_id"] == "u" for found in through_engine[:4] for r in found["results"])
-    engine, mem.vectors._engine = mem.vectors._engine, None
-    try:
-        assert reads() == through_engine
-    finally:
-        mem.vectors._engine = engine
+def test_a_ctrl_c_reaches_the_chat_and_not_the_milvus_lite_engine(tmp_path: Path) -> None:
+    # The engine is a child process; a Ctrl-C that stopped it would lose the write the chat finishes on its way out.
+    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, start_new_session=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['I moved to Berlin', 'My sister lives in Lyon']"
+
+
+def test_a_data_directory_of_milvus_lite_3_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "milvus.db" / "partitions").mkdir(parents=True)  # Milvus Lite 3 kept a directory under that name
+    with pytest.raises(StoreError) as caught:
+        Memory(MemoryConfig.from_dict({"data_dir": str(tmp_path)}))
+    assert "written by Milvus Lite 3" in str(caught.value) and "\n" not in str(caught.value)
+    assert (tmp_path / "milvus.db" / "partitions").is_dir(), "nothing of it is touched"
 
 
 def test_an_agent_turn_embeds_the_users_message_once(mem: Memory, model: PromptReadingModel,

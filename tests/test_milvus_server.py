@@ -223,7 +223,6 @@ def test_user_id_is_the_partition_key_and_hnsw_the_index(mem: Memory, collection
     assert fields["user_id"].get("is_partition_key") is True
     assert not any(f.get("is_partition_key") for name, f in fields.items() if name != "user_id")
     assert "sparse" not in fields and info["consistency_level_name"] == "Session"
-    assert mem.vectors._partitioned is False  # no partition per user: the server hashes user_id
     index = client.describe_index(collection, "dense")
     assert (index["index_type"], index["metric_type"], index["M"], index["efConstruction"]) == (
         "HNSW", "COSINE", "16", "200")
