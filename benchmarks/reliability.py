@@ -270,7 +270,7 @@ def writer_child(argv: list[str] | None = None) -> None:
 
     import jieba
 
-    jieba.initialize()  # warm up (Milvus Lite's analyzer dictionary, the first embedding) without writing
+    jieba.initialize()  # warm up (jieba's dictionary for query keywords, the first embedding) without writing
     for user in CHILD_USERS:
         memory.search("warm up", user_id=user)
     say(ready=True)

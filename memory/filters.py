@@ -71,7 +71,7 @@ def metadata_filter(filters: dict[str, Any] | None) -> str:
             raise InputError(f"filter key {key!r} must be a plain identifier (letters, digits, _)")
         field = f'metadata["{key}"]'
         if isinstance(value, dict) and set(value) == {"in"} and isinstance(value["in"], list):
-            # spelled as `==` alternatives: Milvus Lite refuses `in` on a JSON path
+            # spelled as `==` alternatives, which every engine reads (Milvus Lite 3 refused `in` on a JSON path)
             options = " or ".join(f"{field} == {literal(v)}" for v in value["in"])
             parts.append(f"({options})" if options else "false")
         else:

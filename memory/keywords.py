@@ -5,7 +5,7 @@ The same analyzer runs on stored texts and on queries, inside Milvus (Milvus Lit
 the / 吗 / ？" from outweighing the words that matter: on the LOCOMO dev half this alone lifts recall@10 of the
 default search from 46.4 to 56.6.
 
-Milvus Lite ignores a `stemmer` filter, so English words are stemmed (Snowball) before the text reaches Milvus:
+Milvus Lite 3 ignored a `stemmer` filter, so English words are stemmed (Snowball) before the text reaches Milvus:
 the BM25 function reads `keyword_text(text)`, kept in its own field, and queries go through the same function.
 "Hiking" then matches "hiked" and "hikes" on both engines; Chinese and other scripts pass through unchanged.
 On LOCOMO dev this lifts recall@10 by about 2 points over expanding the query's word forms instead.

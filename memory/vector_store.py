@@ -124,10 +124,10 @@ class MilvusVectorStore:
         try:
             self._open_collection()
         except (ConfigError, StoreError):
-            self.client.close()
+            self._close_client()
             raise
         except Exception as exc:
-            self.client.close()
+            self._close_client()
             raise StoreError(f"cannot open the Milvus collection {collection!r} at {uri}: {one_line(exc)}") from exc
 
     # -- schema -------------------------------------------------------------------------------------------
@@ -346,11 +346,14 @@ class MilvusVectorStore:
     def close(self) -> None:
         """Close the client; on Milvus Lite also stop this process' embedded server for the file."""
         with self._lock:
-            try:
-                self.client.close()
-            finally:
-                if not self.is_server:
-                    _release_lite_server(self.uri)
+            self._close_client()
+
+    def _close_client(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if not self.is_server:
+                _release_lite_server(self.uri)
 
 
 def _open_lite(uri: str) -> MilvusClient:

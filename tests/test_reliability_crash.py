@@ -305,8 +305,8 @@ with Memory() as mem:
 
 
 def test_a_closed_memory_leaves_the_data_directory_to_another_process(tmp_path: Path) -> None:
-    """close() releases every lock (ours, Kuzu's and Milvus Lite's, whose in-process server outlives its
-    client) while this process goes on running."""
+    """close() releases every lock (ours, Kuzu's and Milvus Lite's, whose engine process outlives its client)
+    while this process goes on running."""
     data = tmp_path / "data"
     with open_memory(data) as mem:
         mem.add("Written by the first process", user_id="u", infer=False)
