@@ -31,8 +31,12 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import threading
+import time
 from contextlib import closing
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,6 +66,10 @@ LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit
 # it stands for; the others (quote, backslash) read alike.
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _LITE_ESCAPES = {"n": "\\\n", "t": "\t"}
+# The Milvus Lite engine's own log, next to its file (milvus.db -> milvus.log).
+ENGINE_LOG_SUFFIX = ".log"
+# How often the start of a Milvus Lite engine process is checked (seconds).
+ENGINE_POLL_S = 0.002
 # Seconds to wait for the Milvus Lite engine's hold on its file while rewriting it after an erasure.
 LITE_VACUUM_TIMEOUT = 10.0
 # Seconds to wait for a Milvus server's channel before saying it cannot be reached.
@@ -365,14 +373,71 @@ def _open_lite(uri: str) -> MilvusClient:
     if os.path.isdir(uri):
         raise StoreError(f"{uri} is a directory written by Milvus Lite 3, which this version (Milvus Lite 2.5, a "
                          f"file) cannot read: move it away or set MEMORY_DATA_DIR to a new directory")
+    _start_engines_quickly()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
     except Exception as exc:
-        raise StoreError(f"cannot open Milvus Lite at {uri}: {one_line(exc)}") from exc
+        said = _engine_complaint(uri)
+        raise StoreError(f"cannot open Milvus Lite at {uri}: {said or one_line(exc)}") from exc
     finally:
         if signal.SIGINT not in blocked:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class _EngineProcess(subprocess.Popen):
+    """The Milvus Lite engine's process, whose start-up check ends as soon as the engine listens.
+
+    `milvus_lite.server.Server.start` waits 0.5 s for the new process to fail, and takes it as started when it
+    has not: half a second on every open, although the engine's socket appears after about 20 ms. Here that wait
+    ends when the socket exists (the engine is up), or when the process ends (it failed, as before)."""
+
+    _started = False
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        # The engine logs to stdout/stderr, which are the chat's terminal: its log goes next to its file instead,
+        # one run's worth (errors only).
+        with open(Path(args[1]).with_suffix(ENGINE_LOG_SUFFIX), "wb") as log:
+            super().__init__(args, **kwargs, stdout=log, stderr=log)
+
+    def wait(self, timeout: float | None = None) -> int:
+        socket = next((a[len("unix:"):] for a in self.args if isinstance(a, str) and a.startswith("unix:")), "")
+        if self._started or timeout is None or not socket:  # a later wait: for the process to end, at close
+            return super().wait(timeout)
+        self._started = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll() is not None:
+                return self.returncode
+            if os.path.exists(socket):
+                raise subprocess.TimeoutExpired(self.args, timeout)  # what Server.start reads as "started"
+            time.sleep(ENGINE_POLL_S)
+        return super().wait(0)
+
+
+def _engine_complaint(uri: str) -> str:
+    """The last error the Milvus Lite engine for `uri` logged ("Create table failed, errs: file is not a
+    database"), or ""."""
+    try:
+        lines = Path(uri).with_suffix(ENGINE_LOG_SUFFIX).read_text(errors="replace").splitlines()[-20:]
+    except OSError:
+        return ""
+    errors = [line.split("]")[-1].strip() for line in lines if line.startswith("E")]
+    return next((e for e in reversed(errors) if "failed" in e.lower() and not e.startswith("Init milvus")),
+                errors[-1] if errors else "")
+
+
+def _start_engines_quickly() -> None:
+    """Have milvus_lite start its engine processes as `_EngineProcess`, and log to its own quiet logger rather
+    than the root one (a failed start is a `StoreError` naming the engine's complaint). Once per process."""
+    try:
+        import milvus_lite.server as server
+    except ImportError:  # pymilvus will say Milvus Lite is missing
+        return
+    if getattr(server.subprocess, "Popen", None) is not _EngineProcess:
+        server.subprocess = SimpleNamespace(Popen=_EngineProcess, TimeoutExpired=subprocess.TimeoutExpired)
+        server.logger = logging.getLogger("milvus_lite")
+        server.logger.setLevel(logging.CRITICAL)
 
 
 def _lite_escape(escape: re.Match[str]) -> str:

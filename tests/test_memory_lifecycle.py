@@ -382,6 +382,16 @@ def test_a_data_directory_of_milvus_lite_3_is_refused_in_one_line(tmp_path: Path
     assert (tmp_path / "milvus.db" / "partitions").is_dir(), "nothing of it is touched"
 
 
+def test_a_milvus_lite_file_the_engine_cannot_read_is_one_line_naming_its_complaint(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "milvus.db").write_bytes(b"not a database " * 100)
+    with pytest.raises(StoreError) as caught:
+        Memory(MemoryConfig.from_dict({"data_dir": str(tmp_path)}))
+    assert "milvus.db" in str(caught.value) and "file is not a database" in str(caught.value)
+    assert capfd.readouterr().err == "", "the engine's own log stays out of the terminal"
+    assert (tmp_path / "milvus.db").read_bytes() == b"not a database " * 100
+
+
 def test_an_agent_turn_embeds_the_users_message_once(mem: Memory, model: PromptReadingModel,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Recall searches the message before the reply; memorizing it after shows the model related memories,
