@@ -328,8 +328,11 @@ class MilvusVectorStore:
                 sign: float | None) -> list[tuple[MemoryRecord, float]]:
         expr = self._expr(expr)
         with self._lock:
-            hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                      search_params=params, output_fields=SCALAR_FIELDS, **self._read_options())
+            options = self._read_options()
+        # The search itself runs unlocked: the engine is another process, so a write of another thread (an
+        # upsert takes hundreds of ms in a large collection) does not hold the next recall up.
+        hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
+                                  search_params=params, output_fields=SCALAR_FIELDS, **options)
         out = []
         for hit in hits[0] if hits else []:
             score = float(hit["distance"])
