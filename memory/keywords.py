@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from functools import lru_cache
+from functools import cache, lru_cache
+from types import ModuleType
 
 import snowballstemmer
 
@@ -69,15 +70,20 @@ _STOP_SET = frozenset(STOP_WORDS)
 ANALYZER_PARAMS = {"tokenizer": "jieba", "filter": [{"type": "stop", "stop_words": STOP_WORDS}]}
 
 
+@cache
+def _jieba() -> ModuleType:
+    """jieba, imported on first use (its dictionary, about 60 MB, loads then) and quiet about that load."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
 @lru_cache(maxsize=4096)
 def analysed_terms(text: str) -> frozenset[str]:
     """The distinct terms BM25 sees in a query: jieba's search-mode tokens of `keyword_text`, lower-cased, minus
     stop words, as Milvus' analyzer (`ANALYZER_PARAMS`) produces them."""
-    import jieba  # imported here: its dictionary (about 60 MB) loads on first use
-
-    jieba.setLogLevel(logging.WARNING)  # it announces the dictionary load on stderr
-
-    tokens = (token.strip().lower() for token in jieba.cut_for_search(keyword_text(text)))
+    tokens = (token.strip().lower() for token in _jieba().cut_for_search(keyword_text(text)))
     return frozenset(token for token in tokens if token and token not in _STOP_SET)
 
 

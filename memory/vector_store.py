@@ -313,7 +313,7 @@ class MilvusVectorStore:
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if self.is_server:  # HNSW: the candidate list must hold at least `limit` rows
             params["params"] = {"ef": max(limit, HNSW_EF_SEARCH)}
-        return self._search([vector.tolist()], "dense", params, expr, user_id, limit, sign=1.0)
+        return self._search([vector.tolist()], "dense", params, expr, limit, sign=1.0)
 
     def search_keyword(self, text: str, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Rows ranked by BM25 over the jieba-analysed text (positive scores; empty without BM25 support)."""
@@ -322,9 +322,9 @@ class MilvusVectorStore:
         if self._stemmed:
             text = keyword_text(text)
         # Milvus Lite 3 reported BM25 as a negative distance, Milvus 2.5 as a positive score: use the magnitude.
-        return self._search([text], "sparse", {"metric_type": "BM25"}, expr, user_id, limit, sign=None)
+        return self._search([text], "sparse", {"metric_type": "BM25"}, expr, limit, sign=None)
 
-    def _search(self, data: list, field: str, params: dict, expr: str, user_id: str, limit: int,
+    def _search(self, data: list, field: str, params: dict, expr: str, limit: int,
                 sign: float | None) -> list[tuple[MemoryRecord, float]]:
         expr = self._expr(expr)
         with self._lock:
