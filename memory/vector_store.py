@@ -10,6 +10,10 @@ field, and every read carries the user's filter.
 Milvus Lite 2.5 is Milvus' C++ engine in a child process that pymilvus starts for the file and reaches through
 a Unix socket: its searches run in compiled code, outside this process' GIL. It is started with SIGINT blocked,
 so a Ctrl-C in the chat reaches the chat (which finishes its writes and closes the store) and not the engine.
+Its `upsert` costs time in proportion to the whole collection (about 3 ms per 1,000 rows, 0.3 s at 100,000),
+while an `insert` costs ~3 ms and a `delete` of ids that are not there ~1 ms: the store writes by
+delete-then-insert, so adding a new memory stays cheap at any size (replacing or deleting an existing row still
+pays the engine's full price).
 
 On a Milvus server the store also:
 - connects with a bounded timeout and turns a refused token, an unreachable URI or a missing database into a
@@ -124,8 +128,9 @@ class MilvusVectorStore:
                 raise StoreError(f"Milvus at {uri} does not tell its version: {one_line(exc)}") from exc
         else:
             self.client = _open_lite(uri)
-        self._native_upsert = not (is_server and self.server_version is not None
-                                   and self.server_version < PARTITION_KEY_UPSERT_SINCE)
+        # delete-then-insert on Milvus Lite (its upsert is slow, see above) and on servers before 2.4
+        self._native_upsert = is_server and not (self.server_version is not None
+                                                 and self.server_version < PARTITION_KEY_UPSERT_SINCE)
         self._deleted_since_read = False
         self.keyword_search = True
         self._stemmed = False
@@ -232,7 +237,7 @@ class MilvusVectorStore:
             self._ever_written = True
             if self._native_upsert:
                 self.client.upsert(self.collection, rows)
-            else:  # the insert's timestamp, later than the delete's, is what "Session" reads wait for
+            else:  # on a server, the insert's timestamp, later than the delete's, is what "Session" reads wait for
                 self.client.delete(self.collection, ids=[row["id"] for row in rows])
                 self.client.insert(self.collection, rows)
 
