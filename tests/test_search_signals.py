@@ -8,6 +8,8 @@ embedder, as `Memory` is used.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +83,21 @@ def test_a_keyword_hit_counts_by_the_share_of_the_query_keywords_it_contains() -
     assert 0 < chinese["zh"] < 0.5, "喜欢 is one of the question's terms (户外, 活动, ...)"
     off = dataclasses.replace(by_coverage, keyword_coverage=False)
     assert keyword_evidence("Melanie", records, dense_norm, {"one": 0.4}, off) == {"one": 0.4}
+
+
+def test_an_english_question_counts_only_its_words_and_numbers_and_leaves_jieba_unloaded() -> None:
+    script = """
+import sys
+from memory.search import DEFAULT_RECIPE, keyword_evidence
+from memory.records import MemoryRecord
+hit = MemoryRecord(id="a", user_id="u", text="Gina is behind 100 people... really")
+found = keyword_evidence("Gina -- 100% behind you...?", {"a": hit}, {"a": 1.0}, {"a": 1.0}, DEFAULT_RECIPE)
+print(found["a"], "jieba" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    share, jieba_loaded = out.stdout.split()
+    assert float(share) == pytest.approx(1.0), "gina, 100 and behind all found: runs of punctuation are not terms"
+    assert jieba_loaded == "False", "an English chat does not load jieba's dictionary (~70 MB)"
 
 
 def test_keyword_evidence_shrinks_when_the_nearest_memories_are_in_another_script() -> None:
