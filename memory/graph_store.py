@@ -99,12 +99,12 @@ class KuzuGraphStore:
         if names_user(name):
             return self.user_node(user_id)
         with self._lock:
-            known = self.entities(user_id)
-            for entity in known:
-                if entity.norm == norm:
-                    return entity.id
+            same = self._run("MATCH (e:Entity) WHERE e.user_id = $u AND e.norm = $norm RETURN e.id LIMIT 1",
+                             {"u": user_id, "norm": norm})
+            if same:
+                return same[0][0]
             if embedding is not None:
-                for entity in known:
+                for entity in self.entities(user_id):
                     if (entity.embedding is not None and entity.type == type_
                             and entity.embedding.shape == embedding.shape
                             and float(entity.embedding @ embedding) >= SAME_ENTITY_COSINE):

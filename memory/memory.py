@@ -36,7 +36,7 @@ from memory.graph_store import KuzuGraphStore, names_user
 from memory.history import History
 from memory.llm import ask_structured, make_chat_model
 from memory.locking import DataDirLock
-from memory.records import MemoryRecord, now_ms, text_hash, to_ms
+from memory.records import MemoryRecord, normalize_text, now_ms, text_hash, to_ms
 from memory.search import DEFAULT_RECIPE, SearchRecipe, fuse, mentioned_entities, rank_relations
 from memory.vector_store import MAX_TEXT_BYTES, MilvusVectorStore
 from prompts import extract
@@ -195,7 +195,8 @@ class Memory:
         mentioned = mentioned_entities(user_text, entities, "user")
         shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
                                                limit=RELATED_RELATIONS)
-        return {"scope": scope, "shown": shown, "relations": shown_relations}
+        return {"scope": scope, "shown": shown, "relations": shown_relations,
+                "known_names": {entity.norm for entity in entities}}
 
     def _extract(self, context: dict[str, Any], conversation: str, day: str) -> Any:
         """The one model call of an `add`: decisions about the shown memories and relations."""
@@ -212,11 +213,21 @@ class Memory:
         came from in `metadata["source_ids"]` (merged with the old ones on UPDATE)."""
         shown, shown_relations = context["shown"], context["relations"]
         texts = [op.text.strip() for op in result.memories if op.text and op.event != "DELETE"]
-        names = [name for op in result.memories for rel in op.relations for name in (rel.source, rel.destination)]
-        unique = list(dict.fromkeys([*texts, *(n.strip() for n in names)]))
-        vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
+        # an entity's vector only serves to match a new name to a node under another name: the user and names
+        # the graph already holds resolve by name alone (`KuzuGraphStore.resolve_entity`)
+        names = [name.strip() for op in result.memories for rel in op.relations
+                 for name in (rel.source, rel.destination)
+                 if not names_user(name) and normalize_text(name) not in context["known_names"]]
+        unique = list(dict.fromkeys([*texts, *names]))
+        hashes = self._workers.submit(self.vectors.known_hashes, template.user_id, context["scope"],
+                                      [text_hash(t) for t in texts])
+        try:
+            vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
+        except BaseException:
+            wait([hashes])  # the worker's own outcome must not replace this error
+            raise
+        existing_hashes = hashes.result()
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())
-        existing_hashes = self.vectors.known_hashes(template.user_id, context["scope"], [text_hash(t) for t in texts])
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
         _attach_sources(plan, result, turns)
         self._commit(plan)
