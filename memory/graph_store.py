@@ -80,10 +80,23 @@ class KuzuGraphStore:
         self._lock = threading.RLock()
         _remove_database(path + _REWRITE_SUFFIX)  # a rewrite a crash interrupted: the original is still whole
         self._db, self._conn = _open(path)
+        self._statements: dict[str, kuzu.PreparedStatement] = {}
 
     def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         with self._lock:
-            return _rows(self._conn, query, params)
+            if not params:
+                return _rows(self._conn, query)
+            # Kuzu 0.11 keeps every statement it prepares from a query string until the connection closes
+            # (measured: ~10 KB per read, ~60 KB per write of a vector, never freed), so a process would grow
+            # with every search and add. One prepared statement per query text stops that, and plans each query
+            # once (0.2 ms instead of ~1.3 ms a read).
+            statement = self._statements.get(query)
+            if statement is None:
+                statement = kuzu.PreparedStatement(self._conn, query)
+                if not statement.is_success():
+                    raise RuntimeError(statement.get_error_message())
+                self._statements[query] = statement
+            return _rows(self._conn, statement, params)
 
     # -- entities -----------------------------------------------------------------------------------------
     def user_node(self, user_id: str) -> str:
@@ -257,6 +270,7 @@ class KuzuGraphStore:
                             "%s until the next erasure", one_line(exc), self.path)
                 return
             self._run("CHECKPOINT")  # the old log is empty: removing it below loses nothing
+            self._statements.clear()
             self._conn.close()
             self._db.close()
             _remove_database(self.path + ".wal")
@@ -306,6 +320,7 @@ class KuzuGraphStore:
     def close(self) -> None:
         """Close the connection and the database (releasing its lock)."""
         with self._lock:
+            self._statements.clear()  # before their connection: a statement must not outlive it
             self._conn.close()
             self._db.close()
 
@@ -327,7 +342,8 @@ def _open(path: str) -> tuple[kuzu.Database, kuzu.Connection]:
     return db, conn
 
 
-def _rows(conn: kuzu.Connection, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+def _rows(conn: kuzu.Connection, query: str | kuzu.PreparedStatement,
+          params: dict[str, Any] | None = None) -> list[list[Any]]:
     result = conn.execute(query, params or {})
     rows = []
     while result.has_next():

@@ -1,0 +1,40 @@
+"""The Kuzu graph store on its own: a long-running process must not grow with every read and write."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from memory.graph_store import KuzuGraphStore
+
+
+def anonymous_mb() -> float:
+    """This process' resident anonymous memory (heap), in MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def test_repeated_queries_do_not_grow_the_process(tmp_path: Path) -> None:
+    graph = KuzuGraphStore(str(tmp_path / "graph.kuzu"))
+    try:
+        vector = np.full(384, 0.05, dtype=np.float32)
+        hiking = graph.resolve_entity("alice", "hiking", "activity", vector)
+        graph.add_relation("alice", graph.user_node("alice"), "likes", hiking, "m1", datetime.now(UTC))
+        for _ in range(300):  # warm up: allocator pools, first plans
+            graph.entities("alice")
+        before = anonymous_mb()
+        for number in range(1500):  # a few weeks of searches and adds of one busy chat
+            graph.entities("alice")
+            graph.relations("alice")
+            graph.resolve_entity("alice", "hiking", "activity", vector)
+            graph.add_relation("alice", graph.user_node("alice"), "likes", hiking, f"m{number % 5}",
+                               datetime.now(UTC))
+        grown = anonymous_mb() - before
+        # Kuzu 0.11 kept each statement prepared from a query string: this loop grew the heap by ~220 MB
+        assert grown < 25, f"the process grew by {grown:.0f} MB over 7,500 graph queries"
+        assert [r.destination for r in graph.relations("alice")] == ["hiking"]
+    finally:
+        graph.close()
