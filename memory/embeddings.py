@@ -25,6 +25,9 @@ from memory.language_bias import neutralise_queries
 
 # Cosines of unrelated and of clearly related texts, for embedders that do not say (OpenAI-like models).
 DEFAULT_COSINE_RANGE = (0.1, 0.4)
+# Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
+# passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
+ENCODE_BATCH = 32
 
 
 class LocalEmbedder(Embeddings):
@@ -47,11 +50,14 @@ class LocalEmbedder(Embeddings):
 
     def embed_array(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         """Embed texts (search queries when `query`) into a float32 array of shape (n, dims)."""
-        if not texts:
-            return np.zeros((0, self.dims), dtype=np.float32)
-        with self._lock:
-            array = self._encode(list(texts), query)
-        return np.asarray(array, dtype=np.float32).reshape(len(texts), self.dims)
+        texts = list(texts)
+        parts = [np.zeros((0, self.dims), dtype=np.float32)]
+        for start in range(0, len(texts), ENCODE_BATCH):
+            batch = texts[start:start + ENCODE_BATCH]
+            with self._lock:  # taken per batch: a query waits for one batch of a large add, not for all of it
+                array = self._encode(batch, query)
+            parts.append(np.asarray(array, dtype=np.float32).reshape(len(batch), self.dims))
+        return np.concatenate(parts)
 
     def _encode(self, texts: list[str], query: bool) -> np.ndarray:
         raise NotImplementedError
