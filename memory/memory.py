@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,11 +32,11 @@ from memory.config import MemoryConfig
 from memory.embeddings import cosine_range, embed, make_embedder
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_id, combine, metadata_filter, scope_filter
-from memory.graph_store import KuzuGraphStore, names_user
+from memory.graph_store import Entity, KuzuGraphStore, names_user
 from memory.history import History
 from memory.llm import ask_structured, make_chat_model
 from memory.locking import DataDirLock
-from memory.records import MemoryRecord, normalize_text, now_ms, text_hash, to_ms
+from memory.records import MemoryRecord, Relation, normalize_text, now_ms, text_hash, to_ms
 from memory.search import DEFAULT_RECIPE, SearchRecipe, fuse, mentioned_entities, rank_relations
 from memory.vector_store import MAX_TEXT_BYTES, MilvusVectorStore
 from prompts import extract
@@ -301,18 +301,28 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
-        entities = self.graph.entities(user_id)
-        mentioned = mentioned_entities(query, entities, "user")
-        relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
-        graph_ids = {m for r in relations for m in r.memory_ids}
-        ranked = self._rank(query, expr, user_id, limit, graph_ids)
+        graph_part = self._workers.submit(self._graph_context, query, user_id)  # runs while the query is embedded
+        try:
+            ranked = self._rank(query, expr, user_id, limit, graph_part)
+        except BaseException:
+            wait([graph_part])  # the worker's own outcome must not replace this error
+            raise
+        mentioned, relations = graph_part.result()
         if threshold is not None:
             ranked = [(r, s) for r, s in ranked if s >= threshold]
         return {"results": [r.to_result(s) for r, s in ranked],
                 "relations": [r.to_result() for r in rank_relations(relations, query, mentioned, limit)]}
 
+    def _graph_context(self, query: str, user_id: str) -> tuple[list[Entity], list[Relation]]:
+        """The user's entities that the query names, and their current relations."""
+        mentioned = mentioned_entities(query, self.graph.entities(user_id), "user")
+        relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
+        return mentioned, relations
+
     def _rank(self, query: str, expr: str, user_id: str, limit: int,
-              graph_ids: set[str] | None = None) -> list[tuple[MemoryRecord, float]]:
+              graph: Future[tuple[list[Entity], list[Relation]]] | None = None) -> list[tuple[MemoryRecord, float]]:
+        """The user's best memories for `query`; memories linked to the entities it names (`graph`, when given)
+        count as graph evidence."""
         recipe, now = self.recipe, now_ms()
         pool = max(recipe.candidates, limit)
         # The keyword search needs no vector: it runs in a worker while the query is embedded (the embedder's C
@@ -325,13 +335,14 @@ class Memory:
             wait([keyword_hits])  # the worker's own outcome must not replace this error
             raise
         keyword = keyword_hits.result()
-        ranked = fuse(dense, keyword, graph_ids or set(), recipe, now, query=query)
+        graph_ids = {m for r in graph.result()[1] for m in r.memory_ids} if graph else set()
+        ranked = fuse(dense, keyword, graph_ids, recipe, now, query=query)
         if not (recipe.uses_episodes and recipe.neighbour_windows and ranked):
             return ranked[:limit]
         # One more query: the episodes around the best candidates, so their true neighbours count and can rank.
         window = recipe.episode_window(r for r, _ in ranked[:recipe.neighbour_windows])
         around = self.vectors.search_dense(vector, combine(expr, window), user_id, recipe.neighbour_rows)
-        return fuse(dense, keyword, graph_ids or set(), recipe, now, query=query, around=around)[:limit]
+        return fuse(dense, keyword, graph_ids, recipe, now, query=query, around=around)[:limit]
 
     def _query_vector(self, text: str) -> np.ndarray:
         """The query embedding of `text`. The last few are kept: an agent turn embeds the user's message twice,
