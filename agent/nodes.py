@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from agent.context import Context
@@ -62,18 +62,25 @@ def make_respond(model: BaseChatModel) -> NodeFn:
 
 
 def make_memorize(writer: MemoryWriter, infer: bool) -> NodeFn:
-    """Memorize: hand the exchange to the background writer (off the reply path)."""
+    """Memorize: hand the exchange to the background writer (off the reply path), and let the session's state
+    drop the messages no later prompt will show (`history_messages`): long-term memory keeps what they said.
+
+    Without the trim, every turn of a long session cost more than the last: LangGraph's message reducer and
+    checkpointer copy the whole list each step (measured: 9 ms a turn at the start, 43 ms after 350 turns)."""
 
     def memorize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        forget = [RemoveMessage(id=m.id) for m in _before_window(state["messages"], runtime.context.history_messages)
+                  if m.id]
+        update: dict[str, Any] = {"messages": forget} if forget else {}
         text = _latest_user_text(state)
         if not infer and text.rstrip().endswith(("?", "？")):
-            return {}  # offline, words are stored as said: a question states no fact worth keeping
+            return update  # offline, words are stored as said: a question states no fact worth keeping
         messages = [{"role": "user", "content": text}]
         last = state["messages"][-1]
         if isinstance(last, AIMessage) and not state.get("reply_failed"):
             messages.append({"role": "assistant", "content": str(last.content)})
         writer.submit(Exchange(user_id=runtime.context.user_id, messages=messages, infer=infer))
-        return {}
+        return update
 
     return memorize
 
@@ -102,6 +109,18 @@ def _latest_user_text(state: State) -> str:
         if isinstance(message, HumanMessage):
             return str(message.content)
     return ""
+
+
+def _before_window(messages: list[BaseMessage], limit: int) -> list[BaseMessage]:
+    """The messages before the last `limit` that are not error notices: the next turn's prompt, which adds one
+    message and shows the last `limit` (`_recent`), can never reach them."""
+    kept = 0
+    for index in range(len(messages) - 1, -1, -1):
+        if not messages[index].additional_kwargs.get("error"):
+            kept += 1
+            if kept == limit:
+                return messages[:index]
+    return []
 
 
 def _recent(messages: list[BaseMessage], limit: int) -> list[BaseMessage]:

@@ -73,3 +73,24 @@ def test_replay(path: Path, tmp_path: Path) -> None:
             assert not set(expectation.get("absent", [])) & held, f"{expectation['user']} holds {held}"
     finally:
         memory.close()
+
+
+def test_a_long_session_keeps_only_the_messages_a_prompt_can_show(tmp_path: Path) -> None:
+    """The session state stays as small as the prompt's window, and each prompt still shows the last messages."""
+    chat, window = scripted(), 6
+    memory = make_memory(tmp_path)
+    writer = MemoryWriter(memory)
+    graph = build_graph(memory, chat, writer, infer=False)
+    thread, context = {"configurable": {"thread_id": "long"}}, Context(user_id="ann", history_messages=window)
+    try:
+        for number in range(15):
+            chat.push(f"reply {number}")
+            state = graph.invoke({"messages": [HumanMessage(f"turn {number}")]}, thread, context=context)
+        writer.wait()
+        assert len(state["messages"]) == window, "older messages are dropped from the session's state"
+        shown = [str(m.content) for m in chat.calls[-1][1:]]  # after the system prompt
+        assert shown == ["turn 12", "reply 12", "turn 13", "reply 13", "turn 14"], "the prompt's window is whole"
+        assert len(memory.get_all(user_id="ann")["results"]) == 15, "long-term memory keeps every turn"
+    finally:
+        writer.close()
+        memory.close()
