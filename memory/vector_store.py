@@ -217,8 +217,13 @@ class MilvusVectorStore:
                                          input_field_names=["keywords"], output_field_names=["sparse"]))
             index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         try:
-            self.client.create_collection(self.collection, schema=schema, index_params=index,
+            self.client.create_collection(self.collection, schema=schema,
                                           **({"consistency_level": SERVER_CONSISTENCY} if self.is_server else {}))
+            # pymilvus polls an index's state every 0.5 s until it is built: a second of sleep for the two
+            # indexes of this new, empty collection, on the first start of the chat. Milvus Lite builds them
+            # at once, so there is nothing to wait for.
+            self.client.create_index(self.collection, index, sync=self.is_server)
+            self.client.load_collection(self.collection)
         except Exception:
             if self.client.has_collection(self.collection):
                 self.client.drop_collection(self.collection)
