@@ -75,7 +75,7 @@ ANALYZER_PARAMS = {"tokenizer": "jieba", "filter": [{"type": "stop", "stop_words
 
 @cache
 def _jieba() -> ModuleType:
-    """jieba, imported on first use (its dictionary, about 60 MB, loads then) and quiet about that load."""
+    """jieba, imported on first use (its dictionary, about 70 MB of memory, loads then) and quiet about that load."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)

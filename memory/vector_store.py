@@ -339,8 +339,8 @@ class MilvusVectorStore:
         expr = self._expr(expr)
         with self._lock:
             options = self._read_options()
-        # The search itself runs unlocked: the engine is another process, so a write of another thread (an
-        # upsert takes hundreds of ms in a large collection) does not hold the next recall up.
+        # The search itself runs unlocked: the engine is another process, so a write of another thread (deleting
+        # a row that exists takes hundreds of ms in a large Lite collection) does not hold the next recall up.
         hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
                                   search_params=params, output_fields=SCALAR_FIELDS, **options)
         out = []
