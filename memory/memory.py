@@ -29,7 +29,7 @@ from langchain_core.language_models import BaseChatModel
 
 from memory import pipeline
 from memory.config import MemoryConfig
-from memory.embeddings import cosine_range, embed, make_embedder
+from memory.embeddings import cosine_range, embed, make_embedder, query_cores
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_id, combine, metadata_filter, scope_filter
 from memory.graph_store import Entity, KuzuGraphStore, names_user
@@ -190,7 +190,9 @@ class Memory:
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
-        shown = [r for r, _ in self._rank(user_text[:4000], scope, template.user_id, RELATED_MEMORIES)]
+        query = user_text[:4000]
+        shown = [r for r, _ in self._rank(query, scope, template.user_id, RELATED_MEMORIES,
+                                          cores=query_cores(self.embedder, query))]
         entities = self.graph.entities(template.user_id)
         mentioned = mentioned_entities(user_text, entities, "user")
         shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
@@ -301,9 +303,10 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
+        cores = query_cores(self.embedder, query)  # asked before the graph worker starts, which takes a core
         graph_part = self._workers.submit(self._graph_context, query, user_id)  # runs while the query is embedded
         try:
-            ranked = self._rank(query, expr, user_id, limit, graph_part)
+            ranked = self._rank(query, expr, user_id, limit, graph_part, cores=cores)
         except BaseException:
             wait([graph_part])  # the worker's own outcome must not replace this error
             raise
@@ -320,16 +323,20 @@ class Memory:
         return mentioned, relations
 
     def _rank(self, query: str, expr: str, user_id: str, limit: int,
-              graph: Future[tuple[list[Entity], list[Relation]]] | None = None) -> list[tuple[MemoryRecord, float]]:
-        """The user's best memories for `query`; memories linked to the entities it names (`graph`, when given)
-        count as graph evidence."""
+              graph: Future[tuple[list[Entity], list[Relation]]] | None = None,
+              cores: int = 1) -> list[tuple[MemoryRecord, float]]:
+        """The user's best memories for `query`, embedded on `cores` cores; memories linked to the entities it
+        names (`graph`, when given) count as graph evidence."""
         recipe, now = self.recipe, now_ms()
         pool = max(recipe.candidates, limit)
-        # The keyword search needs no vector: it runs in a worker while the query is embedded (the embedder's C
-        # code releases the GIL, and on one thread it leaves the other core free).
+        # The keyword search needs no vector. With the embedder on one core it runs in a worker meanwhile (the
+        # embedder's C code releases the GIL); an embedder on both cores goes first, and the keyword search then
+        # runs beside the dense one (measured on LOCOMO questions: p50 30 -> 21 ms, p95 42 -> 31).
+        vector = self._query_vector(query, cores) if cores > 1 else None
         keyword_hits = self._workers.submit(self.vectors.search_keyword, query, expr, user_id, pool)
         try:
-            vector = self._query_vector(query)
+            if vector is None:
+                vector = self._query_vector(query)
             dense = self.vectors.search_dense(vector, expr, user_id, pool)
         except BaseException:
             wait([keyword_hits])  # the worker's own outcome must not replace this error
@@ -344,15 +351,16 @@ class Memory:
         around = self.vectors.search_dense(vector, combine(expr, window), user_id, recipe.neighbour_rows)
         return fuse(dense, keyword, graph_ids, recipe, now, query=query, around=around)[:limit]
 
-    def _query_vector(self, text: str) -> np.ndarray:
-        """The query embedding of `text`. The last few are kept: an agent turn embeds the user's message twice,
-        to recall before the reply and to show the model related memories when it is memorized after."""
+    def _query_vector(self, text: str, cores: int = 1) -> np.ndarray:
+        """The query embedding of `text` (on `cores` cores). The last few are kept: an agent turn embeds the
+        user's message twice, to recall before the reply and to show the model related memories when it is
+        memorized after."""
         with self._guard:
             vector = self._query_vectors.get(text)
             if vector is not None:
                 self._query_vectors.move_to_end(text)
                 return vector
-        vector = embed(self.embedder, [text], query=True)[0]
+        vector = embed(self.embedder, [text], query=True, cores=cores)[0]
         with self._guard:
             self._query_vectors[text] = vector
             while len(self._query_vectors) > QUERY_VECTORS_KEPT:

