@@ -399,9 +399,9 @@ def test_an_agent_turn_embeds_the_users_message_once(mem: Memory, model: PromptR
     queries: list[str] = []
     original = mem.embedder.embed_array
 
-    def counting(texts: list[str], *, query: bool = False) -> Any:
+    def counting(texts: list[str], *, query: bool = False, cores: int = 1) -> Any:
         queries.extend(texts if query else [])
-        return original(texts, query=query)
+        return original(texts, query=query, cores=cores)
 
     monkeypatch.setattr(mem.embedder, "embed_array", counting)
     model.push(LIKES_BADMINTON)
