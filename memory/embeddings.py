@@ -136,10 +136,30 @@ def _openmp_thread_setter() -> Callable[[int], None] | None:
         return None
 
 
+@cache
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as file:
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def idle_core(readings: int = 4, pause_s: float = 0.0002) -> bool:
-    """Whether a core is idle now: fewer runnable tasks than cores, this one included (Linux's /proc/loadavg;
+    """Whether a second core is free for this process now: it may use two (`usable_cores`), and the machine has
+    fewer runnable tasks than cores, this one included (Linux's /proc/loadavg, which counts the whole machine;
     elsewhere, no). The count is read again after short pauses: a thread that is just finishing (the engine's
     answer to the last request) counted at a third of the reads, a busy process at all of them."""
+    if usable_cores() < 2:
+        return False
     for reading in range(readings):
         try:
             with open("/proc/loadavg", encoding="ascii") as file:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -29,3 +34,21 @@ def test_two_cores_give_the_same_query_vector() -> None:
     np.testing.assert_allclose(one, two, atol=1e-5)
     passages = e5.embed_array([LONG, SHORT])
     assert float(one[0] @ passages[0]) > float(one[0] @ passages[1])
+
+
+def test_a_busy_machine_or_a_one_core_limit_keeps_queries_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        assert not embeddings.idle_core()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    embeddings.usable_cores.cache_clear()
+    try:
+        assert embeddings.usable_cores() == 1 and not embeddings.idle_core()
+    finally:
+        monkeypatch.undo()
+        embeddings.usable_cores.cache_clear()
