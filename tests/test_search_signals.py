@@ -22,6 +22,7 @@ from langchain_core.embeddings import Embeddings
 from memory import Memory, MemoryConfig, SearchRecipe
 from memory.embeddings import shared_local_embedder
 from memory.filters import scope_filter
+from memory.keywords import _STOP_SET, _jieba, analysed_terms, keyword_text
 from memory.records import MemoryRecord
 from memory.search import DEFAULT_RECIPE, fuse, keyword_evidence, names_in
 
@@ -85,19 +86,27 @@ def test_a_keyword_hit_counts_by_the_share_of_the_query_keywords_it_contains() -
     assert keyword_evidence("Melanie", records, dense_norm, {"one": 0.4}, off) == {"one": 0.4}
 
 
-def test_an_english_question_counts_only_its_words_and_numbers_and_leaves_jieba_unloaded() -> None:
+def test_a_question_without_han_counts_only_its_words_and_numbers_and_leaves_jieba_unloaded() -> None:
     script = """
 import sys
 from memory.search import DEFAULT_RECIPE, keyword_evidence
 from memory.records import MemoryRecord
-hit = MemoryRecord(id="a", user_id="u", text="Gina is behind 100 people... really")
-found = keyword_evidence("Gina -- 100% behind you...?", {"a": hit}, {"a": 1.0}, {"a": 1.0}, DEFAULT_RECIPE)
+hit = MemoryRecord(id="a", user_id="u", text="Gina is behind 100 people at the café... really")
+found = keyword_evidence("Gina -- 100% behind you at the café...?", {"a": hit}, {"a": 1.0}, {"a": 1.0},
+                         DEFAULT_RECIPE)
 print(found["a"], "jieba" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     share, jieba_loaded = out.stdout.split()
-    assert float(share) == pytest.approx(1.0), "gina, 100 and behind all found: runs of punctuation are not terms"
-    assert jieba_loaded == "False", "an English chat does not load jieba's dictionary (~70 MB)"
+    assert float(share) == pytest.approx(1.0), "gina, 100, behind, caf and é found: punctuation runs are not terms"
+    assert jieba_loaded == "False", "a chat without Chinese does not load jieba's dictionary (~70 MB, ~1 s)"
+
+
+def test_terms_of_text_without_han_are_jiebas_own() -> None:
+    for text in ["What sign did Melanie see at the café?", "Grüße aus München, naïve résumé", "Привет, мир",
+                 "東京に行きました", "I went to 北京 last week"]:
+        jieba_terms = {t.strip().lower() for t in _jieba().cut_for_search(keyword_text(text))} - _STOP_SET - {""}
+        assert analysed_terms(text) == {t for t in jieba_terms if t.isalnum() or not t.isascii()}, text
 
 
 def test_keyword_evidence_shrinks_when_the_nearest_memories_are_in_another_script() -> None:
