@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_memory
 from replays_memory import (
     PromptReadingModel,
     add_op,
@@ -380,6 +381,32 @@ def test_a_data_directory_of_milvus_lite_3_is_refused_in_one_line(tmp_path: Path
         Memory(MemoryConfig.from_dict({"data_dir": str(tmp_path)}))
     assert "written by Milvus Lite 3" in str(caught.value) and "\n" not in str(caught.value)
     assert (tmp_path / "milvus.db" / "partitions").is_dir(), "nothing of it is touched"
+
+
+@pytest.mark.parametrize("earlier_index", ["COSINE", None])
+def test_a_store_indexed_by_cosine_before_is_searched_alike_once_reindexed(data_dir: Path, earlier_index: str | None
+                                                                         ) -> None:
+    # Earlier versions indexed Milvus Lite's vectors by COSINE; a rebuild to the inner product cut short leaves
+    # no index at all. Either way the store opens, indexes by IP, and ranks and scores as before.
+    saying = ["I play badminton on Sundays", "My sister lives in Lyon", "I am learning to cook Thai curry",
+              "我喜欢打羽毛球"]
+    with fresh_memory(data_dir) as memory:
+        for text in saying:
+            memory.add(text, user_id="u", infer=False)
+        before = memory.search("what sport do I play?", user_id="u")["results"]
+        client, collection = memory.vectors.client, memory.vectors.collection
+        client.release_collection(collection)
+        client.drop_index(collection, "dense")
+        if earlier_index:
+            index = client.prepare_index_params()
+            index.add_index("dense", index_type="FLAT", metric_type=earlier_index)
+            client.create_index(collection, index, sync=False)
+    with make_memory(data_dir) as memory:
+        assert memory.vectors.client.describe_index(memory.vectors.collection, "dense")["metric_type"] == "IP"
+        after = memory.search("what sport do I play?", user_id="u")["results"]
+    assert [r["memory"] for r in after] == [r["memory"] for r in before]
+    assert [r["score"] for r in after] == pytest.approx([r["score"] for r in before], abs=1e-3)
+    assert after[0]["memory"] == "I play badminton on Sundays"
 
 
 def test_a_milvus_lite_file_the_engine_cannot_read_is_one_line_naming_its_complaint(
