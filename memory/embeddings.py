@@ -239,7 +239,11 @@ def embed(embedder: Embeddings, texts: list[str], *, query: bool = False, cores:
         array = np.asarray([embedder.embed_query(text) for text in texts], dtype=np.float32)
     else:
         array = np.asarray(embedder.embed_documents(texts), dtype=np.float32)
-    if array.size:
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
-        array = array / np.maximum(norms, 1e-12)
-    return array
+    return unit_length(array) if array.size else array
+
+
+def unit_length(vectors: np.ndarray | list[float]) -> np.ndarray:
+    """Float32 vectors (one, or rows) scaled to unit length, so an inner product is their cosine."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
+from memory.embeddings import unit_length
 from memory.errors import ConfigError, InputError, StoreError, one_line
 from memory.filters import combine, literal, scope_filter
 from memory.keywords import ANALYZER_PARAMS, keyword_text
@@ -64,7 +65,7 @@ HNSW_EF_SEARCH = 64
 # Milvus Lite's exact index (FLAT) with the COSINE metric divides every filtered row's inner product by norms it
 # computes anew at each search; for unit vectors the inner product is the cosine. Measured at 100,000 rows, 10
 # users: a user's dense search 17-19 ms with COSINE, 7-7.5 ms with IP (one user holding all: 29 -> 21 ms). Every
-# vector is stored and searched at unit length (`_unit`), so the scores are the same cosines. Collections made
+# vector is stored and searched at unit length (`unit_length`), so the scores are the same cosines. Collections made
 # with COSINE get their (FLAT, instant to build) index rebuilt as IP when opened. Servers keep HNSW with COSINE.
 LITE_DENSE_METRIC = "IP"
 SERVER_DENSE_METRIC = "COSINE"
@@ -262,7 +263,7 @@ class MilvusVectorStore:
         """Insert or replace rows (idempotent: replaying the same records changes nothing)."""
         if not records:
             return
-        rows = [{**_row(r), "dense": v.tolist()} for r, v in zip(records, _unit(vectors), strict=True)]
+        rows = [{**_row(r), "dense": v.tolist()} for r, v in zip(records, unit_length(vectors), strict=True)]
         if self.keyword_search and self._stemmed:
             for row in rows:
                 row["keywords"] = _clip(keyword_text(row["text"]))
@@ -351,7 +352,7 @@ class MilvusVectorStore:
         params: dict[str, Any] = {"metric_type": self._metric}
         if self.is_server:  # HNSW: the candidate list must hold at least `limit` rows
             params["params"] = {"ef": max(limit, HNSW_EF_SEARCH)}
-        return self._search([_unit(vector).tolist()], "dense", params, expr, limit, sign=1.0)
+        return self._search([unit_length(vector).tolist()], "dense", params, expr, limit, sign=1.0)
 
     def search_keyword(self, text: str, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Rows ranked by BM25 over the jieba-analysed text (positive scores; empty without BM25 support)."""
@@ -573,13 +574,6 @@ def _clip(text: str) -> str:
     """Text cut to the field's byte limit (stems are never longer than their words, but be sure)."""
     data = text.encode()
     return text if len(data) <= MAX_TEXT_BYTES else data[:MAX_TEXT_BYTES].decode(errors="ignore")
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Vectors (one, or rows) scaled to unit length, so an inner product is their cosine."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def _id_in(ids: list[str]) -> str:
