@@ -3,6 +3,7 @@
 Usage, from the repository root::
 
     python -m benchmarks.latency [--memories 1000,10000] [--users 10] [--queries 200] [--json]
+                                 [--embedding-model multilingual-e5-small | use-multilingual-v3]
 
 For each size N in `--memories` (ascending), every one of `--users` users holds N synthetic memories (added
 with `add(infer=False)` in batches, no manual flush), then one user is searched with varied queries. Reported:
@@ -51,6 +52,7 @@ from agent.graph import build_graph
 from agent.nodes import system_prompt
 from agent.writer import MemoryWriter
 from memory import Memory, MemoryConfig
+from memory.config import LOCAL_EMBEDDER_MODEL, LOCAL_EMBEDDERS
 from memory.embeddings import embed, query_cores
 
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
@@ -174,12 +176,13 @@ def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str
     return times, int(np.mean(tokens))
 
 
-def cold_start(data_dir: Path) -> tuple[float, float]:
+def cold_start(data_dir: Path, embedding_model: str) -> tuple[float, float]:
     """Seconds from starting `python -m agent` on a pty to its first prompt, and to the (offline) reply to a
     message typed at that prompt at once (the stores open in the background meanwhile)."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["MEMORY_DATA_DIR"] = str(data_dir)
+    env["EMBEDDING_MODEL"] = embedding_model
     began = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "agent", "--user", "bench"], stdin=slave, stdout=slave,
                                stderr=slave, env=env, cwd=data_dir, close_fds=True)
@@ -212,14 +215,16 @@ def children_peak_rss_mb() -> float:
     return total_kb / 1024
 
 
-def run(sizes: list[int], n_users: int, n_queries: int) -> dict[str, Any]:
-    """The whole benchmark; returns the report."""
+def run(sizes: list[int], n_users: int, n_queries: int,
+        embedding_model: str = LOCAL_EMBEDDER_MODEL) -> dict[str, Any]:
+    """The whole benchmark, with the local embedder `embedding_model`; returns the report."""
     report: dict[str, Any] = {"users": n_users, "sizes": sizes, "search_ms_p95_at": {}, "search_ms_p50_at": {}}
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        config = MemoryConfig.from_env({})
+        config = MemoryConfig.from_env({"EMBEDDING_MODEL": embedding_model})
         config.data_dir = str(Path(tmp) / "data")
         model = InstantModel()
         memory = Memory(config, llm=model)
+        report["embedding_model"] = memory.embedder.model  # the one that embeds, as loaded
         users = [f"user-{i}" for i in range(n_users)]
         texts: dict[str, list[str]] = {u: [] for u in users}
         rng = random.Random(1)
@@ -250,7 +255,7 @@ def run(sizes: list[int], n_users: int, n_queries: int) -> dict[str, Any]:
         memory.close()
         report["engine_peak_rss_mb"] = round(engine_mb, 1)
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + engine_mb, 1)
-        to_prompt, to_reply = cold_start(Path(tmp))
+        to_prompt, to_reply = cold_start(Path(tmp), embedding_model)
         report["cold_start_s"] = round(to_prompt, 2)
         report["first_reply_s"] = round(to_reply, 2)
     return report
@@ -263,13 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--embedding-model", choices=list(LOCAL_EMBEDDERS), default=LOCAL_EMBEDDER_MODEL,
+                        help="the local embedder (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.memories.split(",") if s.strip()]
-    report = run(sizes, args.users, args.queries)
+    report = run(sizes, args.users, args.queries, args.embedding_model)
     if args.json:
         print(json.dumps(report))
         return 0
-    table = Table(title=f"Memory latency ({args.users} users, embedded defaults, instant model)")
+    table = Table(title=f"Memory latency ({args.users} users, embedded defaults, {args.embedding_model}, "
+                        "instant model)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in report.items():
