@@ -32,7 +32,10 @@ def make_recall(memory: Memory, writer: MemoryWriter | None) -> NodeFn:
 
     def recall(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if writer is not None:
-            writer.wait(timeout=120)  # the previous turn's memories must be visible to this one
+            # The exchanges still being memorized are the latest ones, and the respond prompt shows them in its
+            # window: waiting for their extraction (seconds on a real model) would put it in the chat's latency.
+            # Recall waits only for those the window no longer shows, so nothing said is out of both.
+            writer.wait(timeout=120, pending_at_most=exchanges_in_window(runtime.context.history_messages))
         query = _latest_user_text(state)
         try:
             found = memory.search(query, user_id=runtime.context.user_id, limit=runtime.context.recall_limit,
@@ -109,6 +112,12 @@ def _latest_user_text(state: State) -> str:
         if isinstance(message, HumanMessage):
             return str(message.content)
     return ""
+
+
+def exchanges_in_window(limit: int) -> int:
+    """The past exchanges (a user message and the reply) that a prompt showing the last `limit` messages, the new
+    user message included, shows whole (`_recent`); an exchange whose reply failed takes one message, not two."""
+    return max(0, (limit - 1) // 2)
 
 
 def _before_window(messages: list[BaseMessage], limit: int) -> list[BaseMessage]:

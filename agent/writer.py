@@ -1,7 +1,8 @@
 """Memory writes off the reply path: a background worker that memorizes each exchange after the reply.
 
-The user sees the reply before extraction finishes. `wait` lets the next turn's recall see what the previous
-turn stored, and `drain_verbatim` saves pending writes without the model when the user insists on quitting.
+The user sees the reply before extraction finishes, and the next turn does not wait for it while the prompt's
+window still shows the exchanges being written (`wait(pending_at_most=...)`). `drain_verbatim` saves pending writes
+without the model when the user insists on quitting.
 When the model cannot extract (no model, endpoint down, invalid answers), the user's own words are stored
 verbatim instead, so nothing the user said is lost.
 """
@@ -64,10 +65,11 @@ class MemoryWriter:
         with self._cond:
             self._sealed = True
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every queued exchange is written; False on timeout."""
+    def wait(self, timeout: float | None = None, *, pending_at_most: int = 0) -> bool:
+        """Block until at most `pending_at_most` exchanges (the latest ones: they are written in order) are still
+        queued or being written, by default none; False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+            return self._cond.wait_for(lambda: self._pending <= pending_at_most, timeout)
 
     def drain_verbatim(self) -> int:
         """Store what is still queued verbatim (no model call) — the fast path when the user insists on

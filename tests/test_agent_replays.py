@@ -9,13 +9,16 @@ and what the prompt sent to the chat model must and must not contain.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import ScriptedModel, make_memory, scripted
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.outputs import ChatResult
+from pydantic import PrivateAttr
 
 from agent.context import Context
 from agent.graph import build_graph
@@ -92,5 +95,56 @@ def test_a_long_session_keeps_only_the_messages_a_prompt_can_show(tmp_path: Path
         assert shown == ["turn 12", "reply 12", "turn 13", "reply 13", "turn 14"], "the prompt's window is whole"
         assert len(memory.get_all(user_id="ann")["results"]) == 15, "long-term memory keeps every turn"
     finally:
+        writer.close()
+        memory.close()
+
+
+class GatedModel(ScriptedModel):
+    """A scripted extraction model that answers only once its gate opens (a slow endpoint), 30 s at most."""
+
+    _gate: threading.Event = PrivateAttr(default_factory=threading.Event)
+
+    def open(self) -> None:
+        """Let every answer through."""
+        self._gate.set()
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        self._gate.wait(30)
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+def test_the_next_message_is_answered_while_the_last_ones_are_still_being_memorized(tmp_path: Path) -> None:
+    """A turn does not wait for the extraction model to finish on the exchanges before it while the prompt's
+    window shows them; it waits once one of them would be out of both the window and the memory."""
+    extractor, chat = GatedModel(replies=[], calls=[]), scripted()
+    memory = make_memory(tmp_path, extractor)
+    writer = MemoryWriter(memory)
+    graph = build_graph(memory, chat, writer)
+    thread, context = {"configurable": {"thread_id": "quick"}}, Context(user_id="ann", history_messages=5)
+
+    def turn(number: int) -> None:
+        chat.push(f"reply {number}")
+        extractor.push(json.dumps({"memories": [{"event": "ADD", "text": f"Owns bike number {number}"}]}))
+        graph.invoke({"messages": [HumanMessage(f"I bought bike number {number}")]}, thread, context=context)
+
+    try:
+        for number in range(3):  # a window of 5 messages shows the 2 exchanges before the new message
+            turn(number)
+            assert writer.pending == number + 1, "the turn was answered while every extraction still waited"
+        shown = [str(m.content) for m in chat.calls[-1][1:]]
+        assert shown[:4] == ["I bought bike number 0", "reply 0", "I bought bike number 1", "reply 1"]
+        fourth = threading.Thread(target=turn, args=(3,))
+        fourth.start()
+        fourth.join(0.5)
+        assert len(chat.calls) == 3, "3 exchanges pending, the oldest out of the window: recall waits for it"
+        extractor.open()
+        fourth.join(60)
+        assert len(chat.calls) == 4 and "Owns bike number 0" in str(chat.calls[-1][0].content)
+        writer.wait()
+        held = {m["memory"] for m in memory.get_all(user_id="ann")["results"]}
+        assert held == {f"Owns bike number {n}" for n in range(4)}
+    finally:
+        extractor.open()
         writer.close()
         memory.close()
