@@ -1,8 +1,9 @@
 """The terminal chat: `python -m agent --user alice`.
 
 Streams replies, shows (dimmed) what was recalled, and offers /memories, /forget, /graph, /recall and /help.
-With piped standard input it prints one plain reply per input line, without colours. Every failure is one
-line; quitting (quit, exit, bye, Ctrl-D, Ctrl-C) finishes pending memory writes first.
+With piped standard input it prints one plain reply per input line, without colours, each once the line before
+is memorized; at a terminal the next message does not wait for that (see `agent.nodes.make_recall`). Every
+failure is one line; quitting (quit, exit, bye, Ctrl-D, Ctrl-C) finishes pending memory writes first.
 
 Ctrl-C is a normal way to end the session, so the exit status is 0, as for `quit`, not 130. During a reply it
 ends the session at once: the reply is abandoned (it runs in its own thread, which may be stuck on a hanging
@@ -168,6 +169,8 @@ class Chat:
             if len(text) > MAX_INPUT_CHARS:
                 self.say_error(f"That message is {len(text):,} characters long; the limit is {MAX_INPUT_CHARS:,}.")
                 continue
+            if not self.interactive:  # a script's next line sees this turn's memories (a person does not wait)
+                self.runtime.writer.wait(timeout=120)
             self.turn(text)
 
     # -- one turn -------------------------------------------------------------------------------------------

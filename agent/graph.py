@@ -31,7 +31,7 @@ def build_graph(memory: Memory, model: BaseChatModel, writer: MemoryWriter | Non
     """
     writer = writer or MemoryWriter(memory)
     builder = StateGraph(State, context_schema=Context)
-    builder.add_node("recall", make_recall(memory, writer))
+    builder.add_node("recall", make_recall(memory, writer, reads_window=getattr(model, "reads_conversation", True)))
     builder.add_node("respond", make_respond(model))
     builder.add_node("memorize", make_memorize(writer, infer))
     builder.add_edge(START, "recall")

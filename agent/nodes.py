@@ -27,15 +27,17 @@ log = logging.getLogger(__name__)
 NodeFn = Callable[[State, Runtime[Context]], dict[str, Any]]
 
 
-def make_recall(memory: Memory, writer: MemoryWriter | None) -> NodeFn:
-    """Recall: search the memory for the latest user message (memories and graph relations)."""
+def make_recall(memory: Memory, writer: MemoryWriter | None, *, reads_window: bool = True) -> NodeFn:
+    """Recall: search the memory for the latest user message (memories and graph relations). `reads_window`:
+    the chat model reads the conversation's recent messages, not only the recalled memories."""
 
     def recall(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if writer is not None:
             # The exchanges still being memorized are the latest ones, and the respond prompt shows them in its
             # window: waiting for their extraction (seconds on a real model) would put it in the chat's latency.
             # Recall waits only for those the window no longer shows, so nothing said is out of both.
-            writer.wait(timeout=120, pending_at_most=exchanges_in_window(runtime.context.history_messages))
+            shown = exchanges_in_window(runtime.context.history_messages) if reads_window else 0
+            writer.wait(timeout=120, pending_at_most=shown)
         query = _latest_user_text(state)
         try:
             found = memory.search(query, user_id=runtime.context.user_id, limit=runtime.context.recall_limit,

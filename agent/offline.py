@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
@@ -17,6 +17,10 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 class OfflineChatModel(BaseChatModel):
     """Answers by listing the memories recalled into its system prompt."""
+
+    # It reads no message but the system prompt, so recall must wait for the previous turns' (quick, verbatim)
+    # writes: the conversation window does not show them to this model (`agent.nodes.make_recall`).
+    reads_conversation: ClassVar[bool] = False
 
     @property
     def _llm_type(self) -> str:
