@@ -19,6 +19,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_CONVERSATION_CHARS = 50_000
 RELATED_MEMORIES = 10
 RELATED_RELATIONS = 30
+# Graph reads done beside a ranking: entities and relations.
+GraphPart = tuple[list[Entity], list[Relation]]
 QUERY_VECTORS_KEPT = 64
 
 
@@ -190,15 +193,17 @@ class Memory:
     def _extraction_context(self, user_text: str, template: MemoryRecord) -> dict[str, Any]:
         """The memories and relations the model is shown for this conversation."""
         scope = scope_filter(template.user_id, template.agent_id, template.run_id)
-        query = user_text[:4000]
-        shown = [r for r, _ in self._rank(query, scope, template.user_id, RELATED_MEMORIES,
-                                          cores=query_cores(self.embedder, query))]
-        entities = self.graph.entities(template.user_id)
-        mentioned = mentioned_entities(user_text, entities, "user")
-        shown_relations = self.graph.relations(template.user_id, [e.id for e in mentioned] or None,
-                                               limit=RELATED_RELATIONS)
-        return {"scope": scope, "shown": shown, "relations": shown_relations,
+        ranked, (entities, shown_relations) = self._rank_beside(
+            lambda: self._extraction_graph(user_text, template.user_id), user_text[:4000], scope, template.user_id,
+            RELATED_MEMORIES, graph_evidence=False)
+        return {"scope": scope, "shown": [r for r, _ in ranked], "relations": shown_relations,
                 "known_names": {entity.norm for entity in entities}}
+
+    def _extraction_graph(self, user_text: str, user_id: str) -> GraphPart:
+        """All the user's entities, and the current relations of those the text names (of any, if it names none)."""
+        entities = self.graph.entities(user_id)
+        mentioned = mentioned_entities(user_text, entities, "user")
+        return entities, self.graph.relations(user_id, [e.id for e in mentioned] or None, limit=RELATED_RELATIONS)
 
     def _extract(self, context: dict[str, Any], conversation: str, day: str) -> Any:
         """The one model call of an `add`: decisions about the shown memories and relations."""
@@ -303,27 +308,34 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
-        cores = query_cores(self.embedder, query)  # asked before the graph worker starts, which takes a core
-        graph_part = self._workers.submit(self._graph_context, query, user_id)  # runs while the query is embedded
-        try:
-            ranked = self._rank(query, expr, user_id, limit, graph_part, cores=cores)
-        except BaseException:
-            wait([graph_part])  # the worker's own outcome must not replace this error
-            raise
-        mentioned, relations = graph_part.result()
+        ranked, (mentioned, relations) = self._rank_beside(lambda: self._graph_context(query, user_id), query, expr,
+                                                           user_id, limit, graph_evidence=True)
         if threshold is not None:
             ranked = [(r, s) for r, s in ranked if s >= threshold]
         return {"results": [r.to_result(s) for r, s in ranked],
                 "relations": [r.to_result() for r in rank_relations(relations, query, mentioned, limit)]}
 
-    def _graph_context(self, query: str, user_id: str) -> tuple[list[Entity], list[Relation]]:
+    def _graph_context(self, query: str, user_id: str) -> GraphPart:
         """The user's entities that the query names, and their current relations."""
         mentioned = mentioned_entities(query, self.graph.entities(user_id), "user")
         relations = self.graph.relations(user_id, [e.id for e in mentioned], limit=200) if mentioned else []
         return mentioned, relations
 
+    def _rank_beside(self, graph_part: Callable[[], GraphPart], query: str, expr: str, user_id: str, limit: int, *,
+                     graph_evidence: bool) -> tuple[list[tuple[MemoryRecord, float]], GraphPart]:
+        """`_rank`, with the graph reads `graph_part` in a worker meanwhile (while the query is embedded); their
+        relations count as graph evidence when `graph_evidence`. Returns the ranking and the graph part's result."""
+        cores = query_cores(self.embedder, query)  # asked before the graph worker starts, which takes a core
+        graph = self._workers.submit(graph_part)
+        try:
+            ranked = self._rank(query, expr, user_id, limit, graph if graph_evidence else None, cores=cores)
+        except BaseException:
+            wait([graph])  # the worker's own outcome must not replace this error
+            raise
+        return ranked, graph.result()
+
     def _rank(self, query: str, expr: str, user_id: str, limit: int,
-              graph: Future[tuple[list[Entity], list[Relation]]] | None = None,
+              graph: Future[GraphPart] | None = None,
               cores: int = 1) -> list[tuple[MemoryRecord, float]]:
         """The user's best memories for `query`, embedded on `cores` cores; memories linked to the entities it
         names (`graph`, when given) count as graph evidence."""
