@@ -209,10 +209,12 @@ class Chat:
     def _turn(self, text: str) -> None:
         from langchain_core.messages import AIMessageChunk, HumanMessage
 
+        from agent.graph import TURN_DURABILITY
+
         printed = False
         try:
             stream = self.runtime.graph.stream({"messages": [HumanMessage(text)]}, self.thread, context=self.context,
-                                               stream_mode=["messages", "updates"])
+                                               stream_mode=["messages", "updates"], durability=TURN_DURABILITY)
             for mode, payload in stream:
                 if self.abandoned:
                     return

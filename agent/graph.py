@@ -14,12 +14,18 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Durability
 
 from agent.context import Context
 from agent.nodes import make_memorize, make_recall, make_respond
 from agent.state import State
 from agent.writer import MemoryWriter
 from memory import Memory
+
+# How a chat runs each turn (`invoke` / `stream`'s `durability`). The session lives in memory and nothing resumes
+# a half-run turn, so one checkpoint as the turn ends is enough: LangGraph's default ("async") writes one per step,
+# 2-3.5 ms of a turn here (the graph alone, 3 interleaved runs: p50 5.7-7.1 ms, against 3.3-5.2 ms).
+TURN_DURABILITY: Durability = "exit"
 
 
 def build_graph(memory: Memory, model: BaseChatModel, writer: MemoryWriter | None = None, *, infer: bool = True,

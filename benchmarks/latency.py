@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.context import Context
-from agent.graph import build_graph
+from agent.graph import TURN_DURABILITY, build_graph
 from agent.nodes import system_prompt
 from agent.writer import MemoryWriter
 from memory import Memory, MemoryConfig
@@ -167,7 +167,8 @@ def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str
         writer.wait()
         forget_query_vectors(memory)
         began = time.perf_counter()
-        state = graph.invoke({"messages": [HumanMessage(query)]}, thread, context=Context(user_id=user))
+        state = graph.invoke({"messages": [HumanMessage(query)]}, thread, context=Context(user_id=user),
+                             durability=TURN_DURABILITY)
         times.append((time.perf_counter() - began) * 1000)
         block = system_prompt(state.get("recalled", []), state.get("relations", [])).split("<memories>")[1]
         tokens.append(len(block) / 4)
