@@ -2,7 +2,7 @@
 
 Streams replies, shows (dimmed) what was recalled, and offers /memories, /forget, /graph, /recall and /help.
 With piped standard input it prints one plain reply per input line, without colours, each once the line before
-is memorized; at a terminal the next message does not wait for that (see `agent.nodes.make_recall`). Every
+is memorized; at a terminal the next message does not wait for that (`Context.wait_for_writes`). Every
 failure is one line; quitting (quit, exit, bye, Ctrl-D, Ctrl-C) finishes pending memory writes first.
 
 Ctrl-C is a normal way to end the session, so the exit status is 0, as for `quit`, not 130. During a reply it
@@ -133,7 +133,7 @@ class Chat:
         self.user_id = user_id
         self.interactive = interactive
         self.show_recall = show_recall
-        self.context = Context(user_id=user_id, recall_limit=recall_limit)
+        self.context = Context(user_id=user_id, recall_limit=recall_limit, wait_for_writes=not interactive)
         self.thread = {"configurable": {"thread_id": str(uuid.uuid4())}}
         self.abandoned: threading.Thread | None = None  # a reply left running when Ctrl-C ended the session
         self._handed_over = False
@@ -169,8 +169,6 @@ class Chat:
             if len(text) > MAX_INPUT_CHARS:
                 self.say_error(f"That message is {len(text):,} characters long; the limit is {MAX_INPUT_CHARS:,}.")
                 continue
-            if not self.interactive:  # a script's next line sees this turn's memories (a person does not wait)
-                self.runtime.writer.wait(timeout=120)
             self.turn(text)
 
     # -- one turn -------------------------------------------------------------------------------------------

@@ -18,3 +18,7 @@ class Context:
     # memories (at most `recall_limit`), while "Can you recommend a movie?" must find "Dislikes thrillers".
     recall_min_score: float = 0.1
     history_messages: int = 12
+    # Recall waits for every exchange still being memorized, not only for those the window no longer shows
+    # (`agent.nodes.make_recall`): a script's next line then sees this turn's memories, and a scripted model
+    # endpoint gets its requests in order. A person typing at the terminal does not wait.
+    wait_for_writes: bool = False

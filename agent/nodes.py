@@ -36,7 +36,9 @@ def make_recall(memory: Memory, writer: MemoryWriter | None, *, reads_window: bo
             # The exchanges still being memorized are the latest ones, and the respond prompt shows them in its
             # window: waiting for their extraction (seconds on a real model) would put it in the chat's latency.
             # Recall waits only for those the window no longer shows, so nothing said is out of both.
-            shown = exchanges_in_window(runtime.context.history_messages) if reads_window else 0
+            # (`Context.wait_for_writes` asks for all of them.)
+            waits_for_all = runtime.context.wait_for_writes or not reads_window
+            shown = 0 if waits_for_all else exchanges_in_window(runtime.context.history_messages)
             writer.wait(timeout=120, pending_at_most=shown)
         query = _latest_user_text(state)
         try:
