@@ -429,7 +429,8 @@ class Memory:
             self._versions[plan["user_id"]] += 1
             self.history_db.begin(plan["id"], plan["user_id"], plan)
             try:
-                count = pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+                count = pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db, fresh=True,
+                                             beside=self._workers)
             except Exception as exc:
                 raise StoreError(f"a store failed while writing ({one_line(exc)}); the write is journaled and "
                                  "will be completed when the memory is next opened") from exc

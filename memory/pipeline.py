@@ -4,12 +4,17 @@ A plan is plain data (JSON) holding everything the stores need, embeddings inclu
 up front, so applying it twice gives the same state. `Memory` journals the plan, applies it, and marks it
 done; a plan left open by a crash is applied again at the next start. Erasing a user (`new_erasure`) is a plan
 too, so a crash half-way through an erasure finishes it at the next start.
+
+Applied the first time (`fresh`), a plan inserts its new memories' rows without the delete a replay needs (their
+ids cannot be stored yet), and its vector writes may run beside its graph writes: the two stores are independent,
+and history is written after both.
 """
 
 from __future__ import annotations
 
 import base64
 import uuid
+from concurrent.futures import Executor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +43,7 @@ def new_erasure(user_id: str, when_ms: int) -> dict[str, Any]:
 def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
                old_text: str | None) -> None:
     """Plan storing a record (ADD or UPDATE) and its history row."""
-    plan["upserts"].append({"record": record.__dict__, "vector": _pack(vector)})
+    plan["upserts"].append({"record": record.__dict__, "vector": _pack(vector), "new": event == "ADD"})
     plan["history"].append({"id": f"{plan['id']}:{len(plan['history'])}", "memory_id": record.id,
                             "user_id": record.user_id, "event": event, "old_memory": old_text,
                             "new_memory": record.text, "actor": plan["actor"], "created_at": _iso(plan["time"])})
@@ -109,27 +114,54 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
     return results
 
 
-def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History) -> int:
+def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStore, history: History, *,
+               fresh: bool = False, beside: Executor | None = None) -> int:
     """Apply a plan to Milvus, Kuzu and history; every step is idempotent, so replaying is safe.
 
-    Returns the number of memories an erasure plan deleted (0 for other plans)."""
+    `fresh`: the plan was never applied before (not a replay), so its new memories are not stored yet. `beside`:
+    an executor that runs the vector writes while this thread writes the graph. Returns the number of memories
+    an erasure plan deleted (0 for other plans)."""
     user_id = plan["user_id"]
     if plan.get("erase_user"):
         count = vector_store.delete_user(user_id)
         graph.delete_user(user_id)
         history.erase_user(user_id)  # last: it also drops this plan's journal row
         return count
+
+    def write_vectors() -> None:
+        if plan["upserts"]:
+            records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
+            new_ids = {u["record"]["id"] for u in plan["upserts"] if fresh and u.get("new")}
+            vector_store.upsert(records, np.stack([_unpack(u["vector"]) for u in plan["upserts"]]), new_ids=new_ids)
+        for ids in (plan["deletes"], plan["forget"]):
+            if ids:
+                vector_store.delete(ids, user_id)
+
+    vectors_written = beside.submit(write_vectors) if beside is not None else None
+    try:
+        if vectors_written is None:
+            write_vectors()
+        _write_graph(plan, graph)
+    finally:
+        if vectors_written is not None:
+            wait([vectors_written])  # the worker's own outcome must not replace an error of the graph's
+    if vectors_written is not None:
+        vectors_written.result()
+    if plan["forget"]:
+        history.erase_memories(plan["forget"])
+    if plan["history"]:
+        history.record(plan["history"])
+    return 0
+
+
+def _write_graph(plan: dict[str, Any], graph: GraphStore) -> None:
+    """The graph's part of a plan: relations invalidated, forgotten, added and restated."""
+    user_id = plan["user_id"]
     when = datetime.fromtimestamp((plan.get("valid_time") or plan["time"]) / 1000, UTC)
-    if plan["upserts"]:
-        records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
-        vector_store.upsert(records, np.stack([_unpack(u["vector"]) for u in plan["upserts"]]))
     if plan["deletes"]:
-        vector_store.delete(plan["deletes"], user_id)
         graph.invalidate_memories(user_id, plan["deletes"], when)
     if plan["forget"]:
-        vector_store.delete(plan["forget"], user_id)
         graph.forget_memories(user_id, plan["forget"])
-        history.erase_memories(plan["forget"])
     if plan["invalidate"]:
         graph.invalidate(plan["invalidate"], when)
     restated = set()
@@ -141,9 +173,6 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
     if plan.get("rewritten"):
         # an updated memory no longer states what its old text said, unless the new text says it again
         graph.invalidate_memories(user_id, plan["rewritten"], when, keep=restated)
-    if plan["history"]:
-        history.record(plan["history"])
-    return 0
 
 
 def _relation_type(name: str) -> str:

@@ -13,8 +13,8 @@ a Unix socket: its searches run in compiled code, outside this process' GIL. It 
 so a Ctrl-C in the chat reaches the chat (which finishes its writes and closes the store) and not the engine.
 Its `upsert` costs time in proportion to the whole collection (about 3 ms per 1,000 rows, 0.3 s at 100,000),
 while an `insert` costs ~3 ms and a `delete` of ids that are not there ~1 ms: the store writes by
-delete-then-insert, so adding a new memory stays cheap at any size (replacing or deleting an existing row still
-pays the engine's full price).
+delete-then-insert (a new memory's row, known to be absent, by insert alone), so adding a new memory stays cheap
+at any size (replacing or deleting an existing row still pays the engine's full price).
 
 On a Milvus server the store also:
 - connects with a bounded timeout and turns a refused token, an unreachable URI or a missing database into a
@@ -39,6 +39,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Collection
 from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,7 +104,8 @@ class VectorStore(Protocol):
 
     keyword_search: bool
 
-    def upsert(self, records: list[MemoryRecord], vectors: np.ndarray) -> None: ...
+    def upsert(self, records: list[MemoryRecord], vectors: np.ndarray, *,
+               new_ids: Collection[str] = ()) -> None: ...
     def get(self, ids: list[str]) -> list[MemoryRecord]: ...
     def known_hashes(self, user_id: str, expr: str, hashes: list[str]) -> set[str]: ...
     def delete(self, ids: list[str], user_id: str) -> None: ...
@@ -259,8 +261,9 @@ class MilvusVectorStore:
             raise
 
     # -- writes -------------------------------------------------------------------------------------------
-    def upsert(self, records: list[MemoryRecord], vectors: np.ndarray) -> None:
-        """Insert or replace rows (idempotent: replaying the same records changes nothing)."""
+    def upsert(self, records: list[MemoryRecord], vectors: np.ndarray, *, new_ids: Collection[str] = ()) -> None:
+        """Insert or replace rows (idempotent: replaying the same records changes nothing). `new_ids`: rows the
+        caller knows are not stored yet, inserted without the delete that replacing a row takes here."""
         if not records:
             return
         rows = [{**_row(r), "dense": v.tolist()} for r, v in zip(records, unit_length(vectors), strict=True)]
@@ -272,7 +275,9 @@ class MilvusVectorStore:
             if self._native_upsert:
                 self.client.upsert(self.collection, rows)
             else:  # on a server, the insert's timestamp, later than the delete's, is what "Session" reads wait for
-                self.client.delete(self.collection, ids=[row["id"] for row in rows])
+                stored = [row["id"] for row in rows if row["id"] not in new_ids]
+                if stored:
+                    self.client.delete(self.collection, ids=stored)
                 self.client.insert(self.collection, rows)
 
     def delete(self, ids: list[str], user_id: str) -> None:
