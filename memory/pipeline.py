@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import uuid
-from concurrent.futures import Executor, wait
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from memory.concurrency import running_beside
 from memory.graph_store import GraphStore
 from memory.history import History
 from memory.records import MemoryRecord, Relation, text_hash
@@ -137,15 +138,12 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
             if ids:
                 vector_store.delete(ids, user_id)
 
-    vectors_written = beside.submit(write_vectors) if beside is not None else None
-    try:
-        if vectors_written is None:
-            write_vectors()
+    if beside is None:
+        write_vectors()
         _write_graph(plan, graph)
-    finally:
-        if vectors_written is not None:
-            wait([vectors_written])  # the worker's own outcome must not replace an error of the graph's
-    if vectors_written is not None:
+    else:
+        with running_beside(beside, write_vectors) as vectors_written:
+            _write_graph(plan, graph)
         vectors_written.result()
     if plan["forget"]:
         history.erase_memories(plan["forget"])
