@@ -59,13 +59,16 @@ class TerminalChat:
     def exit_status(self) -> int:
         """Wait for the chat to exit; its status. Reads what it still shows, so it never blocks on output."""
         deadline = time.monotonic() + 120
-        while self.process.poll() is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             ready, _, _ = select.select([self.master], [], [], 0.5)
             if ready:
                 try:
-                    self.seen += os.read(self.master, 65536).decode(errors="replace")
-                except OSError:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # the chat exited and closed the terminal, all it showed read
                     break
+                self.seen += chunk.decode(errors="replace")
+            elif self.process.poll() is not None:
+                break
         status = self.process.wait(timeout=60)
         os.close(self.master)
         return status
@@ -105,6 +108,13 @@ def test_ctrl_c_at_the_first_prompt_closes_the_stores_cleanly(tmp_path: Path) ->
     chat = TerminalChat(tmp_path)
     chat.expect("You")
     chat.process.send_signal(signal.SIGINT)
+    try:
+        chat.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        # CPython's input() can miss a SIGINT that lands after its last check for signals and before it blocks
+        # reading the terminal (seen about once in 20-40 runs on a 2-core VM, older code included); a second
+        # Ctrl-C, as a user would press, must still end the session cleanly.
+        chat.process.send_signal(signal.SIGINT)
     assert chat.exit_status() == 0
     assert "(interrupted)" in chat.seen and "Traceback" not in chat.seen
     config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
