@@ -38,6 +38,7 @@ from rich.table import Table
 
 from agent.context import Context
 from agent.settings import OFFLINE_NOTICE, load_config, load_env
+from agent.terminal import SIGNAL_CHECK_S, LineReader
 from memory.errors import MemoryLayerError, one_line
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class Chat:
         self.show_recall = show_recall
         self.context = Context(user_id=user_id, recall_limit=recall_limit, wait_for_writes=not interactive)
         self.thread = {"configurable": {"thread_id": str(uuid.uuid4())}}
+        self.reader = LineReader(console)  # reads at the terminal; `main` installs it around the session
         self.abandoned: threading.Thread | None = None  # a reply left running when Ctrl-C ended the session
         self._handed_over = False
 
@@ -148,7 +150,7 @@ class Chat:
         """User input until end of input."""
         while True:
             try:
-                line = self.console.input("[bold cyan]You[/]: ") if self.interactive else sys.stdin.readline()
+                line = self.reader.read("[bold cyan]You[/]: ") if self.interactive else sys.stdin.readline()
             except EOFError:
                 return
             if not self.interactive and line == "":
@@ -192,7 +194,8 @@ class Chat:
         worker = threading.Thread(target=work, name="chat-turn", daemon=True)
         worker.start()
         try:
-            worker.join()
+            while worker.is_alive():  # in slices: a Ctrl-C just before a join that never ends is still seen
+                worker.join(SIGNAL_CHECK_S)
         except KeyboardInterrupt:
             self.abandoned = worker
             if not self._handed_over:
@@ -306,7 +309,7 @@ class Chat:
         self.runtime.writer.wait(timeout=120)
         prompt = f"Forget everything about {self.user_id}? This cannot be undone. [y/N] "
         if self.interactive:
-            answer = self.console.input(escape(prompt))
+            answer = self.reader.read(escape(prompt))
         else:
             self.console.print(prompt, markup=False)
             answer = sys.stdin.readline()
@@ -351,7 +354,8 @@ class Chat:
         try:
             if writer.pending:
                 with self.console.status("Saving memories…"):
-                    writer.wait()
+                    while not writer.wait(SIGNAL_CHECK_S):  # in slices, as the reply's join in `turn`
+                        pass
         except KeyboardInterrupt:
             with _sigint_ignored():
                 saved = writer.drain_verbatim()
@@ -437,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if interactive:
         console.print(f"Hello {escape(user_id)}! Type /help for commands, quit to leave.")
     try:
-        chat.run()
+        with chat.reader:
+            chat.run()
     except KeyboardInterrupt:
         console.print("[dim](interrupted)[/]")
     finally:
