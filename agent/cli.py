@@ -40,6 +40,7 @@ from agent.context import Context
 from agent.settings import OFFLINE_NOTICE, load_config, load_env
 from agent.terminal import SIGNAL_CHECK_S, LineReader
 from memory.errors import MemoryLayerError, one_line
+from memory.filters import check_id
 
 if TYPE_CHECKING:
     from agent.settings import AgentRuntime
@@ -399,10 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdin.reconfigure(errors="replace")
     console = Console(highlight=False) if interactive and sys.stdout.isatty() else Console(
         no_color=True, highlight=False, force_terminal=False, soft_wrap=True, emoji=False)
-    user_id = args.user or getpass.getuser() or "default"
     if args.env_file:
         load_env(args.env_file)
     try:
+        # an unusable id is refused here, once, rather than by every recall and write of the session
+        user_id = check_id(args.user or getpass.getuser() or "default", "--user", required=True)
         config = load_config(args.data_dir)
     except MemoryLayerError as exc:
         return _startup_failed(console, exc)

@@ -18,7 +18,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def check_id(value: str | None, name: str, required: bool = False) -> str:
-    """Validate a user/agent/run id and return it ("" for a missing optional id)."""
+    """Validate a user/agent/run id and return it ("" for a missing optional id): a string of valid Unicode, not
+    blank, at most `MAX_ID_CHARS` characters, without control characters."""
     if value is None or value == "":
         if required:
             raise InputError(f"{name} is required")
@@ -31,6 +32,10 @@ def check_id(value: str | None, name: str, required: bool = False) -> str:
         raise InputError(f"{name} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
     if _CONTROL.search(value) or "\n" in value or "\r" in value or "\t" in value:
         raise InputError(f"{name} must not contain control characters or line breaks")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. undecodable bytes in a command-line argument
+        raise InputError(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
     return value
 
 

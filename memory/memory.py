@@ -109,8 +109,8 @@ class Memory:
         Returns `{"results": [{id, memory, event}], "relations": {...}}`.
         """
         self._check_open()
-        user_id = _check_text_id(user_id, "user_id", required=True)
-        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
         turns = _normalise_messages(messages)
         metadata = _check_metadata(metadata)
         try:
@@ -274,7 +274,7 @@ class Memory:
         nothing of the user's texts is left on disk in Milvus Lite, Kuzu or the history database. Other users
         are untouched. Journaled like every write: a crash half-way finishes the erasure at the next start."""
         self._check_open()
-        user_id = _check_text_id(user_id, "user_id", required=True)
+        user_id = check_id(user_id, "user_id", required=True)
         with self._user_lock(user_id):
             count = self._commit(pipeline.new_erasure(user_id, now_ms()))
         return {"message": f"deleted {count} memories of user {user_id}", "deleted": count}
@@ -295,8 +295,8 @@ class Memory:
         """The user's memories most relevant to `query` (dense + keyword + graph, recency-aware, no LLM call),
         and the user's graph relations about the entities the query mentions."""
         self._check_open()
-        user_id = _check_text_id(user_id, "user_id", required=True)
-        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
         if not isinstance(query, str):
             raise InputError("query must be a string")
         _check_encodable(query, "query")
@@ -378,8 +378,8 @@ class Memory:
                 filters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The user's memories, newest first, and the user's current graph relations."""
         self._check_open()
-        user_id = _check_text_id(user_id, "user_id", required=True)
-        agent_id, run_id = _check_text_id(agent_id, "agent_id"), _check_text_id(run_id, "run_id")
+        user_id = check_id(user_id, "user_id", required=True)
+        agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
         expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
         records = self.vectors.list(expr, user_id, max(1, int(limit)))
         relations = self.graph.relations(user_id, limit=max(1, int(limit)))
@@ -388,7 +388,7 @@ class Memory:
     def relations(self, *, user_id: str, include_invalid: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """The user's graph relations, newest first; with `include_invalid`, also those no longer true."""
         self._check_open()
-        user_id = _check_text_id(user_id, "user_id", required=True)
+        user_id = check_id(user_id, "user_id", required=True)
         return [r.to_result() for r in self.graph.relations(user_id, current_only=not include_invalid, limit=limit)]
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
@@ -552,13 +552,6 @@ def _check_encodable(text: str, what: str) -> None:
         text.encode()
     except UnicodeEncodeError:
         raise InputError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
-
-
-def _check_text_id(value: Any, name: str, required: bool = False) -> str:
-    """`check_id`, and valid Unicode."""
-    checked = check_id(value, name, required)
-    _check_encodable(checked, name)
-    return checked
 
 
 def _conversation_day(timestamp: datetime | str | None, ms: int) -> str:

@@ -129,6 +129,20 @@ def test_help_and_busy_data_directory(tmp_path: Path) -> None:
     assert holder.returncode == 0
 
 
+@pytest.mark.parametrize("user", ["x" * 300, "al\tice", b"al\xffice"], ids=["too-long", "tab", "not-utf8"])
+def test_an_unusable_user_id_is_one_line_and_status_2_before_anything_opens(tmp_path: Path, user: str | bytes) -> None:
+    """It used to be refused by every recall and every write of the session, one warning each, nothing kept."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
+    env.update(MEMORY_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "agent", "--user", user], input=b"I like chess.\n",
+                         capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert run.returncode == 2
+    shown = run.stdout.decode(errors="replace")
+    assert shown.startswith("error: --user ") and shown.count("\n") == 1, shown
+    assert not run.stderr
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("user", ['x" or ""=="', "o'brien\\"])
 def test_odd_user_ids_work_in_the_chat(tmp_path: Path, user: str) -> None:
     """User ids with quotes and backslashes are just names."""
