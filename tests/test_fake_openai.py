@@ -232,7 +232,7 @@ def test_malformed_and_truncated_raise(srv: FakeOpenAI, kind: str, stream: bool)
 def test_start_is_fast_and_stop_is_idempotent() -> None:
     start = time.monotonic()
     server = FakeOpenAI().start()
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5  # no waiting on anything (another test may share the 2 cores meanwhile)
     assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
     server.stop()
     server.stop()
