@@ -84,6 +84,10 @@ _LITE_ESCAPES = {"n": "\\\n", "t": "\t"}
 ENGINE_LOG_SUFFIX = ".log"
 # How often the start of a Milvus Lite engine process is checked (seconds).
 ENGINE_POLL_S = 0.002
+# Seconds a starting Milvus Lite engine may take to listen while its process runs. milvus_lite gives it 0.5 s and
+# then takes it as started; on a busy 2-core machine (two test workers) it once took longer, and the client then
+# failed at once on the missing socket.
+ENGINE_START_TIMEOUT_S = 30.0
 # Seconds to wait for the Milvus Lite engine's hold on its file while rewriting it after an erasure.
 LITE_VACUUM_TIMEOUT = 10.0
 # Seconds to wait for a Milvus server's channel before saying it cannot be reached.
@@ -436,8 +440,9 @@ class _EngineProcess(subprocess.Popen):
     """The Milvus Lite engine's process, whose start-up check ends as soon as the engine listens.
 
     `milvus_lite.server.Server.start` waits 0.5 s for the new process to fail, and takes it as started when it
-    has not: half a second on every open, although the engine's socket appears after about 20 ms. Here that wait
-    ends when the socket exists (the engine is up), or when the process ends (it failed, as before)."""
+    has not: half a second on every open, although the engine's socket appears after about 20 ms, and too short
+    a wait on a busy machine. Here that wait ends when the socket exists (the engine is up), when the process
+    ends (it failed, as before), or after `ENGINE_START_TIMEOUT_S`."""
 
     _started = False
 
@@ -452,7 +457,7 @@ class _EngineProcess(subprocess.Popen):
         if self._started or timeout is None or not socket:  # a later wait: for the process to end, at close
             return super().wait(timeout)
         self._started = True
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, ENGINE_START_TIMEOUT_S)
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 return self.returncode

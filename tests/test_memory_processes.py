@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import make_memory
 
 WRITE = """
@@ -80,3 +81,29 @@ def test_a_second_process_is_refused_with_the_holders_pid(data_dir: Path) -> Non
     with make_memory(data_dir) as mem:  # and the data is intact once it is closed
         assert sorted(r["memory"] for r in mem.get_all(user_id="u")["results"]) == ["I like green tea",
                                                                                    "I live in Lyon"]
+
+
+def test_an_engine_slow_to_listen_is_waited_for(tmp_path: Path) -> None:
+    """milvus_lite takes its engine as started after 0.5 s; a busy machine once needed longer, and the client
+    failed on the missing socket. The start-up check now waits for the socket while the process runs. (A stand-in
+    engine: a script that listens after 1.5 s, as the real one does after ~20 ms.)"""
+    from memory.vector_store import _EngineProcess
+
+    socket_path = tmp_path / "engine.sock"
+    script = tmp_path / "engine.py"
+    script.write_text(textwrap.dedent(f"""
+        import socket, time
+        time.sleep(1.5)
+        server = socket.socket(socket.AF_UNIX)
+        server.bind({str(socket_path)!r})
+        server.listen()
+        time.sleep(60)
+    """))
+    engine = _EngineProcess([sys.executable, str(script), f"unix:{socket_path}"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # what milvus_lite reads as "started"
+            engine.wait(timeout=0.5)
+        assert socket_path.exists()
+    finally:
+        engine.kill()
+        engine.wait()
