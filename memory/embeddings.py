@@ -33,12 +33,10 @@ DEFAULT_COSINE_RANGE = (0.1, 0.4)
 # Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
 # passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
 ENCODE_BATCH = 32
-# Queries this long (in e5 tokens, "query: " and the end marks included: 5 of them) are embedded on two cores when
-# one is idle; a word or two stay on one. Two cores halve the part above ~4 ms. On a VM where e5 takes 32 ms a
-# query on one core (21 on two), searches with the benchmark's queries (9-13 tokens) went from 43-49 to 35-41 ms
-# p50 (interleaved, 150 each, twice); on a faster VM (17 ms a query) such queries had gained nothing, and only
-# those of 14 tokens or more took two cores.
-E5_TWO_CORE_TOKENS = 8
+# Queries this long (in e5 tokens, prefix included) are embedded on two cores when one is idle: ~1.2 ms a token on
+# one core, and two halve the part above ~4 ms. Shorter ones gained nothing once the searches around them ran.
+# (8 tokens, tried on a slower VM: better p50, but a worse p95 right after a bulk ingest; see README "Speed".)
+E5_TWO_CORE_TOKENS = 14
 
 
 class LocalEmbedder(Embeddings):

@@ -14,7 +14,7 @@ from memory import embeddings
 from memory.embeddings import E5_TWO_CORE_TOKENS, shared_local_embedder
 
 LONG = "When did Caroline go to the LGBTQ support group, and what did she say about it to Melanie afterwards?"
-SHORT = "tea"
+SHORT = "hiking?"
 
 
 def test_a_long_query_takes_both_cores_only_while_one_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
