@@ -32,11 +32,16 @@ def check_id(value: str | None, name: str, required: bool = False) -> str:
         raise InputError(f"{name} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
     if _CONTROL.search(value) or "\n" in value or "\r" in value or "\t" in value:
         raise InputError(f"{name} must not contain control characters or line breaks")
-    try:
-        value.encode()
-    except UnicodeEncodeError:  # a lone surrogate, e.g. undecodable bytes in a command-line argument
-        raise InputError(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
+    check_encodable(value, name)  # e.g. undecodable bytes in a command-line argument
     return value
+
+
+def check_encodable(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates cannot be stored or sent anywhere)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def literal(value: Any) -> str:

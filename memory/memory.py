@@ -33,7 +33,7 @@ from memory.concurrency import running_beside
 from memory.config import MemoryConfig
 from memory.embeddings import cosine_range, embed, make_embedder, query_cores
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
-from memory.filters import check_id, combine, metadata_filter, scope_filter
+from memory.filters import check_encodable, check_id, combine, metadata_filter, scope_filter
 from memory.graph_store import Entity, KuzuGraphStore, names_user
 from memory.history import History
 from memory.llm import ask_structured, make_chat_model
@@ -249,7 +249,7 @@ class Memory:
         self._check_open()
         if not isinstance(text, str) or not text.strip():
             raise InputError("the new text must be a non-empty string")
-        _check_encodable(text, "the new text")
+        check_encodable(text, "the new text")
         old = self._record(memory_id)
         with self._user_lock(old.user_id):
             plan = pipeline.new_plan(old.user_id, "user", now_ms())
@@ -299,7 +299,7 @@ class Memory:
         agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
         if not isinstance(query, str):
             raise InputError("query must be a string")
-        _check_encodable(query, "query")
+        check_encodable(query, "query")
         limit = max(1, min(int(limit), 1000))
         expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
         query = query.strip()[:4000]
@@ -489,9 +489,9 @@ def _normalise_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InputError("each message must be a dict with a string 'content'")
         role = str(message.get("role") or "user")
-        _check_encodable(role, "a message role")
+        check_encodable(role, "a message role")
         content = message["content"].replace("\x00", "").strip()
-        _check_encodable(content, "a message")
+        check_encodable(content, "a message")
         message_id = _message_id(message.get("id"), number)
         if content:
             turns.append({"role": role, "content": content, "number": str(number), "id": message_id})
@@ -505,7 +505,7 @@ def _message_id(value: Any, number: int) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_MESSAGE_ID_CHARS:
         raise InputError(f"a message's 'id' must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} "
                          f"characters (message {number})")
-    _check_encodable(value, "a message id")
+    check_encodable(value, "a message id")
     return value.strip()
 
 
@@ -544,14 +544,6 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         raise InputError(f"metadata must be plain JSON data (strings, numbers, booleans, lists, dicts): "
                          f"{one_line(exc)}") from None
     return dict(metadata)
-
-
-def _check_encodable(text: str, what: str) -> None:
-    """Refuse text that is not valid Unicode (lone surrogates cannot be stored or sent anywhere)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise InputError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _conversation_day(timestamp: datetime | str | None, ms: int) -> str:
