@@ -20,7 +20,6 @@ that), but nothing here connects anywhere else.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -33,15 +32,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from launch import launched
+
 HOST = "127.0.0.1"
 ROOT_TOKEN = "root:Milvus"  # Milvus' built-in superuser and its default password
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode", "dataCoord", "dataNode")
 READY_BANNER = "Ctrl+C to exit"  # printed by milvus-server once its health check passes
 START_TIMEOUT = 180.0
 STOP_GRACE = 15.0
-_PR_SET_PDEATHSIG = 1
-# Resolved before any fork: the child must not load libraries between fork and exec.
-_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform.startswith("linux") else None
 
 
 class MilvusServerError(RuntimeError):
@@ -130,8 +128,10 @@ class MilvusServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ETCD_CONFIG_PATH": str(etcd_config)}
         began = time.monotonic()
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True, preexec_fn=_interrupt_when_parent_dies)
+            # told to stop (SIGINT) when the test process dies
+            self.process = subprocess.Popen(launched(command, signal_at_parent_death=signal.SIGINT),
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
         try:
             self._wait_ready(began + self.start_timeout)
         except BaseException:
@@ -259,12 +259,6 @@ def _group_alive(group: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _interrupt_when_parent_dies() -> None:
-    """In the child before exec: ask Linux to send SIGINT when the test process dies (best effort)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGINT))
 
 
 __all__ = ["HOST", "ROOT_TOKEN", "MilvusServer", "MilvusServerError", "closed_port", "free_port", "free_ports",

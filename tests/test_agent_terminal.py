@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import launched
 from test_agent_cli import REPO
 
 from memory import Memory, MemoryConfig
@@ -33,9 +34,9 @@ class TerminalChat:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "MILVUS_", "EMBEDD"))}
         env.update(MEMORY_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO), TERM="dumb")
         self.master, slave = pty.openpty()
-        self.process = subprocess.Popen([sys.executable, "-m", "agent", "--user", "alice"], stdin=slave,
-                                        stdout=slave, stderr=slave, cwd=tmp_path, env=env, close_fds=True,
-                                        preexec_fn=_default_sigint)
+        command = launched([sys.executable, "-m", "agent", "--user", "alice"], default_sigint=True)
+        self.process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=env,
+                                        close_fds=True)
         os.close(slave)
         self.seen = ""
         self._checked = 0  # where the next `expect` starts looking
@@ -85,10 +86,6 @@ class TerminalChat:
         return status
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal gives it (a background test run ignores it)
-
-
 def test_first_message_typed_at_the_prompt_is_answered_and_remembered(tmp_path: Path) -> None:
     chat = TerminalChat(tmp_path)
     chat.expect("You")
@@ -99,7 +96,7 @@ def test_first_message_typed_at_the_prompt_is_answered_and_remembered(tmp_path: 
     chat.expect("Assistant")
     assert "I am allergic to peanuts." in chat.expect("You")
     chat.type("quit")
-    assert chat.exit_status() == 0
+    assert chat.exit_status() == 0, chat.seen
     assert "Goodbye" in chat.seen and "Traceback" not in chat.seen
     config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
     with Memory(config) as memory:
@@ -110,7 +107,7 @@ def test_a_busy_data_directory_is_one_line_and_status_2_on_a_terminal(tmp_path: 
     config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
     with Memory(config):  # this test process holds the data directory
         chat = TerminalChat(tmp_path)
-        assert chat.exit_status() == 2
+        assert chat.exit_status() == 2, chat.seen
     assert f"in use by process {os.getpid()}" in " ".join(chat.seen.split())  # as wrapped to the terminal's width
     assert "Traceback" not in chat.seen
 
@@ -150,7 +147,7 @@ def _interrupt_another_thread(pid: int) -> None:
 def _assert_ended_cleanly_by_one_ctrl_c(chat: TerminalChat, tmp_path: Path, remembered: tuple[str, ...] = ()) -> None:
     """The chat exits (status 0, no traceback) after one Ctrl-C, leaving the data directory closed cleanly with
     `remembered` stored and nothing left to replay."""
-    assert chat.exit_status(timeout=60) == 0
+    assert chat.exit_status(timeout=60) == 0, chat.seen
     assert "(interrupted)" in chat.seen and "Traceback" not in chat.seen
     config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
     with Memory(config) as memory:  # the lock was released and nothing is left to replay

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from fake_openai import FakeOpenAI, Fault
+from launch import launched
 
 from benchmarks.reliability import FAULT_KINDS, check_consistency, fault_trial, open_memory
 
@@ -93,16 +94,11 @@ def start_chat(tmp_path: Path, server: FakeOpenAI) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "MILVUS_", "EMBEDD"))}
     env.update(MEMORY_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO), LLM_MAX_RETRIES="0",
                LLM_TIMEOUT="120", OPENAI_API_KEY="test-key", OPENAI_BASE_URL=server.base_url, LLM_MODEL="qwen-plus")
-    return subprocess.Popen([sys.executable, "-m", "agent", "--user", "alice"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
-                            preexec_fn=_ctrl_c_as_in_a_terminal)
-
-
-def _ctrl_c_as_in_a_terminal() -> None:
-    """Give the chat the default SIGINT disposition a terminal gives it. A test run started in the background
-    of a non-interactive shell ignores SIGINT, and a child inherits that: Python then never raises
-    KeyboardInterrupt and the chat would (rightly) ignore the test's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Ctrl-C as in a terminal: with SIGINT ignored (inherited from a background test run) the chat would rightly
+    # ignore the test's Ctrl-C
+    return subprocess.Popen(launched([sys.executable, "-m", "agent", "--user", "alice"], default_sigint=True),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=env)
 
 
 def interrupt(chat: subprocess.Popen[str], server: FakeOpenAI, calls: int, times: int = 1) -> tuple[str, str, float]:
