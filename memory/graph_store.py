@@ -7,8 +7,9 @@ ids of the memories they came from: a relation that stops being true gets a `val
 Every query is parameterised; no Cypher is built from user data.
 
 Kuzu keeps the bytes of deleted nodes and edges in its file (it has no vacuum), so erasing a user rewrites the
-database: the remaining graph is copied into a fresh file that atomically replaces the old one, whose blocks are
-then overwritten with zeros. Nothing of the erased user is left in the graph's files.
+database: the remaining graph is copied into a fresh file (written by a new process, `memory.graph_copy`) that
+atomically replaces the old one, whose blocks are then overwritten with zeros. Nothing of the erased user is left
+in the graph's files.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class KuzuGraphStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
-        _remove_database(path + _REWRITE_SUFFIX)  # a rewrite a crash interrupted: the original is still whole
-        self._db, self._conn = _open(path)
+        remove_database(path + _REWRITE_SUFFIX)  # a rewrite a crash interrupted: the original is still whole
+        self._db, self._conn = open_database(path)
         self._statements: dict[str, kuzu.PreparedStatement] = {}
 
     def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
@@ -255,18 +256,19 @@ class KuzuGraphStore:
     def purge(self) -> None:
         """Rewrite the database so that deleted nodes and edges leave no bytes behind.
 
-        The live graph is copied into `<path>.rewrite` (bulk COPY from Arrow tables), which then replaces the
-        database file atomically; the old file's blocks are overwritten with zeros through a handle kept open
-        across the rename. A crash before the rename leaves the old database whole (the stray copy is removed
-        at the next open); after it, the new one. Costs a read and a bulk write of the whole graph. If the copy
-        cannot be made, the database stays as it is (deletions done, their bytes not yet gone) with a warning.
+        The live graph is copied into `<path>.rewrite` (bulk COPY from Arrow tables, by a new process: see
+        `memory.graph_copy`), which then replaces the database file atomically; the old file's blocks are
+        overwritten with zeros through a handle kept open across the rename. A crash before the rename leaves the
+        old database whole (the stray copy is removed at the next open); after it, the new one. Costs a read and
+        a bulk write of the whole graph, and a new process (~1 s). If the copy cannot be made, the database stays
+        as it is (deletions done, their bytes not yet gone) with a warning.
         """
         with self._lock:
             fresh = self.path + _REWRITE_SUFFIX
             try:
                 self._copy_to(fresh)
             except Exception as exc:
-                _remove_database(fresh)
+                remove_database(fresh)
                 log.warning("the graph database could not be rewritten (%s); deleted entries keep their bytes in "
                             "%s until the next erasure", one_line(exc), self.path)
                 return
@@ -274,49 +276,44 @@ class KuzuGraphStore:
             self._statements.clear()
             self._conn.close()
             self._db.close()
-            _remove_database(self.path + ".wal")
+            remove_database(self.path + ".wal")
             with open(self.path, "r+b") as old:
                 os.replace(fresh, self.path)
-                _fsync(os.path.dirname(os.path.abspath(self.path)))
+                sync_file(os.path.dirname(os.path.abspath(self.path)))
                 _zero(old)
-            _remove_database(fresh + ".wal")
-            self._db, self._conn = _open(self.path)
+            remove_database(fresh + ".wal")
+            self._db, self._conn = open_database(self.path)
 
     def _copy_to(self, fresh: str) -> None:
-        """Copy every live node and edge into a new database at `fresh` (durably)."""
+        """Copy every live node and edge into a new database at `fresh` (durably), written by a new process
+        (see `memory.graph_copy`: Kuzu would write bytes of this process' memory into the copy)."""
         import pyarrow as pa
+
+        from memory.graph_copy import copy_in_new_process
 
         entities = self._run("MATCH (e:Entity) RETURN e.id, e.user_id, e.name, e.norm, e.type, e.embedding, "
                              "e.created_at")
         edges = self._run("MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, b.id, r.id, r.rel_type, "
                           "r.valid_from, r.valid_to, r.memory_ids, r.created_at")
-        _remove_database(fresh)
-        db, conn = _open(fresh)
-        try:
-            if entities:
-                columns = list(zip(*entities, strict=True))
-                nodes = pa.table({  # noqa: F841 - read by name by Kuzu's COPY below
-                    "id": pa.array(columns[0], pa.string()), "user_id": pa.array(columns[1], pa.string()),
-                    "name": pa.array(columns[2], pa.string()), "norm": pa.array(columns[3], pa.string()),
-                    "type": pa.array(columns[4], pa.string()),
-                    "embedding": pa.array(columns[5], pa.list_(pa.float32())),
-                    "created_at": pa.array(columns[6], pa.timestamp("us"))})
-                conn.execute("COPY Entity FROM nodes")
-            if edges:
-                columns = list(zip(*edges, strict=True))
-                rels = pa.table({  # noqa: F841 - read by name by Kuzu's COPY below
-                    "from": pa.array(columns[0], pa.string()), "to": pa.array(columns[1], pa.string()),
-                    "id": pa.array(columns[2], pa.string()), "rel_type": pa.array(columns[3], pa.string()),
-                    "valid_from": pa.array(columns[4], pa.timestamp("us")),
-                    "valid_to": pa.array(columns[5], pa.timestamp("us")),
-                    "memory_ids": pa.array(columns[6], pa.list_(pa.string())),
-                    "created_at": pa.array(columns[7], pa.timestamp("us"))})
-                conn.execute("COPY RELATES FROM rels")
-            conn.execute("CHECKPOINT")
-        finally:
-            conn.close()
-            db.close()
-        _fsync(fresh)
+        nodes_table = edges_table = None
+        if entities:
+            columns = list(zip(*entities, strict=True))
+            nodes_table = pa.table({
+                "id": pa.array(columns[0], pa.string()), "user_id": pa.array(columns[1], pa.string()),
+                "name": pa.array(columns[2], pa.string()), "norm": pa.array(columns[3], pa.string()),
+                "type": pa.array(columns[4], pa.string()),
+                "embedding": pa.array(columns[5], pa.list_(pa.float32())),
+                "created_at": pa.array(columns[6], pa.timestamp("us"))})
+        if edges:
+            columns = list(zip(*edges, strict=True))
+            edges_table = pa.table({
+                "from": pa.array(columns[0], pa.string()), "to": pa.array(columns[1], pa.string()),
+                "id": pa.array(columns[2], pa.string()), "rel_type": pa.array(columns[3], pa.string()),
+                "valid_from": pa.array(columns[4], pa.timestamp("us")),
+                "valid_to": pa.array(columns[5], pa.timestamp("us")),
+                "memory_ids": pa.array(columns[6], pa.list_(pa.string())),
+                "created_at": pa.array(columns[7], pa.timestamp("us"))})
+        copy_in_new_process(fresh, nodes_table, edges_table)
 
     def close(self) -> None:
         """Close the connection and the database (releasing its lock)."""
@@ -333,7 +330,7 @@ _REWRITE_SUFFIX = ".rewrite"
 BUFFER_POOL_BYTES = 256 * 1024 * 1024
 
 
-def _open(path: str) -> tuple[kuzu.Database, kuzu.Connection]:
+def open_database(path: str) -> tuple[kuzu.Database, kuzu.Connection]:
     """Open (or create) a graph database with this module's schema."""
     try:
         db = kuzu.Database(path, buffer_pool_size=BUFFER_POOL_BYTES)
@@ -356,7 +353,7 @@ def _rows(conn: kuzu.Connection, query: str | kuzu.PreparedStatement,
     return rows
 
 
-def _remove_database(path: str) -> None:
+def remove_database(path: str) -> None:
     """Remove a database file (or directory) and its write-ahead log, if present."""
     for name in (path, path + ".wal"):
         if os.path.isdir(name):
@@ -366,7 +363,8 @@ def _remove_database(path: str) -> None:
                 os.remove(name)
 
 
-def _fsync(path: str) -> None:
+def sync_file(path: str) -> None:
+    """Flush a file (or directory) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

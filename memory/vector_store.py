@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import threading
@@ -52,6 +51,7 @@ from memory.embeddings import unit_length
 from memory.errors import ConfigError, InputError, StoreError, one_line
 from memory.filters import combine, literal, scope_filter
 from memory.keywords import ANALYZER_PARAMS, keyword_text
+from memory.processes import sigint_blocked
 from memory.records import MemoryRecord
 
 log = logging.getLogger(__name__)
@@ -416,24 +416,18 @@ class MilvusVectorStore:
 
 
 def _open_lite(uri: str) -> MilvusClient:
-    """A client of Milvus Lite for the file `uri`, its engine process started with SIGINT blocked.
-
-    The engine is a child process in the chat's process group: a Ctrl-C typed in the terminal would stop it at
-    once, before the chat could finish its writes. A blocked signal mask is inherited by the child, and the
-    engine leaves SIGINT blocked; it stops when this process releases the file's lock (at `close()` or exit)."""
+    """A client of Milvus Lite for the file `uri`, its engine process started with SIGINT blocked (see
+    `memory.processes`); the engine stops when this process releases the file's lock (at `close()` or exit)."""
     if os.path.isdir(uri):
         raise StoreError(f"{uri} is a directory written by Milvus Lite 3, which this version (Milvus Lite 2.5, a "
                          f"file) cannot read: move it away or set MEMORY_DATA_DIR to a new directory")
     _start_engines_quickly()
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
+        with sigint_blocked():
+            return MilvusClient(uri=uri, grpc_options=LITE_GRPC_OPTIONS)
     except Exception as exc:
         said = _engine_complaint(uri)
         raise StoreError(f"cannot open Milvus Lite at {uri}: {said or one_line(exc)}") from exc
-    finally:
-        if signal.SIGINT not in blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class _EngineProcess(subprocess.Popen):

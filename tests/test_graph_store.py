@@ -1,13 +1,18 @@
-"""The Kuzu graph store on its own: a long-running process must not grow with every read and write."""
+"""The Kuzu graph store on its own: a long-running process must not grow with every read and write, and an
+erasure whose rewrite of the file fails keeps the graph usable and says so."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from memory import graph_copy
 from memory.graph_store import KuzuGraphStore
 
 
@@ -38,3 +43,31 @@ def test_repeated_queries_do_not_grow_the_process(tmp_path: Path) -> None:
         assert [r.destination for r in graph.relations("alice")] == ["hiking"]
     finally:
         graph.close()
+
+
+def test_an_erasure_whose_rewrite_fails_keeps_the_graph_and_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "graph.kuzu")
+    graph = KuzuGraphStore(path)
+    try:
+        for user in ("alice", "bob"):
+            for thing in ("tea", "chess"):
+                graph.add_relation(user, graph.user_node(user), "likes", graph.resolve_entity(user, thing, "x", None),
+                                   f"{user}-{thing}", datetime.now(UTC))
+        monkeypatch.setattr(graph_copy, "COPY_TIMEOUT_S", 0.001)  # the copying process cannot finish in time
+        with caplog.at_level(logging.WARNING):
+            graph.delete_user("alice")
+        assert "could not be rewritten (StoreError: the graph copy took over 0.001 s)" in caplog.text
+        assert graph.relations("alice") == []  # the deletion itself is done
+        assert sorted(r.destination for r in graph.relations("bob")) == ["chess", "tea"]
+        assert not os.path.exists(path + ".rewrite")
+        monkeypatch.undo()
+        graph.delete_user("bob")  # the next erasure rewrites the file
+    finally:
+        graph.close()
+    graph = KuzuGraphStore(path)
+    try:
+        assert graph.relations("alice") == graph.relations("bob") == [] and graph.user_ids() == []
+    finally:
+        graph.close()
+    assert b"chess" not in Path(path).read_bytes()
