@@ -9,8 +9,8 @@ Ctrl-C is a normal way to end the session, so the exit status is 0, as for `quit
 ends the session at once: the reply is abandoned (it runs in its own thread, which may be stuck on a hanging
 model endpoint) and the user's message is stored verbatim. When the session ends with memory writes still
 pending, the chat waits for them; a Ctrl-C during that wait stores them verbatim at once, without the model
-(further Ctrl-Cs are ignored while it does). The stores are closed cleanly in every case; nothing acknowledged
-is lost.
+(further Ctrl-Cs are ignored while it does). A Ctrl-C during `/forget all` ends the session once the erasure is
+complete. The stores are closed cleanly in every case; nothing acknowledged is lost.
 
 On a terminal the prompt shows at once: the chat reads its settings (light), then imports LangGraph, LangChain and
 the memory engines and opens the stores in a background thread (`Startup`) while the user types; the first
@@ -317,8 +317,10 @@ class Chat:
         if answer.strip().lower() not in {"y", "yes"}:
             self.console.print("Kept everything.")
             return
-        result = self.runtime.memory.delete_all(user_id=self.user_id)
-        self.console.print(f"Forgot everything ({result['deleted']} memories, the graph and the history).")
+        with _sigint_deferred():  # a Ctrl-C ends the session once the erasure is complete, not half-way through
+            self.console.print(f"Forgetting everything about {escape(self.user_id)}…")
+            result = self.runtime.memory.delete_all(user_id=self.user_id)
+            self.console.print(f"Forgot everything ({result['deleted']} memories, the graph and the history).")
 
     def show_graph(self) -> None:
         """The user's entities and current relations."""
@@ -390,6 +392,24 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that comes inside the block and raise KeyboardInterrupt as the block ends: what the block
+    does is finished first (main thread only, and only where Ctrl-C raises KeyboardInterrupt; else a no-op)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 On a terminal the chat greets the user and prompts at once, and opens the memory in a background thread; these
 tests check that the first message waits for it, that a data directory held by another process is still one
-line and exit status 2, and that one Ctrl-C at a prompt ends the session (even one that the kernel hands to
-another thread of the chat) and leaves the data directory closed cleanly.
+line and exit status 2, that one Ctrl-C at a prompt ends the session (even one that the kernel hands to
+another thread of the chat) and leaves the data directory closed cleanly, and that a Ctrl-C during /forget all
+lets the erasure finish first.
 No model is configured (offline replies), so the chat's replies quote what it recalled.
 """
 
@@ -117,6 +118,25 @@ def test_ctrl_c_at_the_first_prompt_closes_the_stores_cleanly(tmp_path: Path) ->
     chat.expect("You")  # as soon as the prompt begins to show: the stores are still opening
     chat.process.send_signal(signal.SIGINT)
     _assert_ended_cleanly_by_one_ctrl_c(chat, tmp_path)
+
+
+def test_a_ctrl_c_during_forget_all_ends_the_session_once_the_erasure_is_complete(tmp_path: Path) -> None:
+    chat = TerminalChat(tmp_path)
+    chat.type("I am allergic to peanuts.")
+    chat.expect("Assistant")
+    chat.expect("You: ")
+    chat.type("/forget all")
+    chat.expect("[y/N]")
+    chat.type("y")
+    chat.expect("Forgetting everything")  # the erasure has begun (it takes a second or two: files are rewritten)
+    chat.process.send_signal(signal.SIGINT)
+    assert chat.exit_status(timeout=60) == 0, chat.seen
+    assert "Forgot everything (1 memories" in chat.seen, chat.seen
+    assert chat.seen.index("Forgot everything") < chat.seen.index("(interrupted)")
+    assert "Traceback" not in chat.seen
+    config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
+    with Memory(config) as memory:
+        assert memory.get_all(user_id="alice") == {"results": [], "relations": []}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc and tgkill")
