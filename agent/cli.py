@@ -320,7 +320,9 @@ class Chat:
         with _sigint_deferred():  # a Ctrl-C ends the session once the erasure is complete, not half-way through
             self.console.print(f"Forgetting everything about {escape(self.user_id)}…")
             result = self.runtime.memory.delete_all(user_id=self.user_id)
-            self.console.print(f"Forgot everything ({result['deleted']} memories, the graph and the history).")
+            count = result["deleted"]
+            self.console.print(f"Forgot everything ({count} {'memory' if count == 1 else 'memories'}, the graph and "
+                               "the history).")
 
     def show_graph(self) -> None:
         """The user's entities and current relations."""

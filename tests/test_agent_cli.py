@@ -85,7 +85,7 @@ def test_commands_forget_all_needs_confirmation(tmp_path: Path) -> None:
     assert "Kept everything." in kept.stdout and "I live in Lisbon." in kept.stdout
     gone = chat(tmp_path, "/forget all\ny\n/memories\n/graph\n/help\n/nonsense\n")
     assert_clean(gone)
-    assert "Forgot everything (1 memories" in gone.stdout
+    assert "Forgot everything (1 memory," in gone.stdout
     assert "I don't remember anything about you yet." in gone.stdout
     assert "/forget <id>" in gone.stdout and "Unknown command" in gone.stdout
 

@@ -131,7 +131,7 @@ def test_a_ctrl_c_during_forget_all_ends_the_session_once_the_erasure_is_complet
     chat.expect("Forgetting everything")  # the erasure has begun (it takes a second or two: files are rewritten)
     chat.process.send_signal(signal.SIGINT)
     assert chat.exit_status(timeout=60) == 0, chat.seen
-    assert "Forgot everything (1 memories" in chat.seen, chat.seen
+    assert "Forgot everything (1 memory," in chat.seen, chat.seen
     assert chat.seen.index("Forgot everything") < chat.seen.index("(interrupted)")
     assert "Traceback" not in chat.seen
     config = MemoryConfig.from_env({"MEMORY_DATA_DIR": str(tmp_path / "data")})
