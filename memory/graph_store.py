@@ -28,6 +28,7 @@ import kuzu
 import numpy as np
 
 from memory.errors import StoreBusyError, StoreError, one_line
+from memory.graph_copy import copy_in_new_process, discard_inputs
 from memory.records import Relation, normalize_text
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ class KuzuGraphStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
-        remove_database(path + _REWRITE_SUFFIX)  # a rewrite a crash interrupted: the original is still whole
+        # a rewrite a crash interrupted: the original is still whole
+        remove_database(path + _REWRITE_SUFFIX)
+        discard_inputs(path + _REWRITE_SUFFIX)
         self._db, self._conn = open_database(path)
         self._statements: dict[str, kuzu.PreparedStatement] = {}
 
@@ -256,7 +259,7 @@ class KuzuGraphStore:
     def purge(self) -> None:
         """Rewrite the database so that deleted nodes and edges leave no bytes behind.
 
-        The live graph is copied into `<path>.rewrite` (bulk COPY from Arrow tables, by a new process: see
+        The live graph is copied into `<path>.rewrite` (bulk COPY, by a new process: see
         `memory.graph_copy`), which then replaces the database file atomically; the old file's blocks are
         overwritten with zeros through a handle kept open across the rename. A crash before the rename leaves the
         old database whole (the stray copy is removed at the next open); after it, the new one. Costs a read and
@@ -287,33 +290,11 @@ class KuzuGraphStore:
     def _copy_to(self, fresh: str) -> None:
         """Copy every live node and edge into a new database at `fresh` (durably), written by a new process
         (see `memory.graph_copy`: Kuzu would write bytes of this process' memory into the copy)."""
-        import pyarrow as pa
-
-        from memory.graph_copy import copy_in_new_process
-
-        entities = self._run("MATCH (e:Entity) RETURN e.id, e.user_id, e.name, e.norm, e.type, e.embedding, "
-                             "e.created_at")
+        nodes = self._run("MATCH (e:Entity) RETURN e.id, e.user_id, e.name, e.norm, e.type, e.embedding, "
+                          "e.created_at")
         edges = self._run("MATCH (a:Entity)-[r:RELATES]->(b:Entity) RETURN a.id, b.id, r.id, r.rel_type, "
                           "r.valid_from, r.valid_to, r.memory_ids, r.created_at")
-        nodes_table = edges_table = None
-        if entities:
-            columns = list(zip(*entities, strict=True))
-            nodes_table = pa.table({
-                "id": pa.array(columns[0], pa.string()), "user_id": pa.array(columns[1], pa.string()),
-                "name": pa.array(columns[2], pa.string()), "norm": pa.array(columns[3], pa.string()),
-                "type": pa.array(columns[4], pa.string()),
-                "embedding": pa.array(columns[5], pa.list_(pa.float32())),
-                "created_at": pa.array(columns[6], pa.timestamp("us"))})
-        if edges:
-            columns = list(zip(*edges, strict=True))
-            edges_table = pa.table({
-                "from": pa.array(columns[0], pa.string()), "to": pa.array(columns[1], pa.string()),
-                "id": pa.array(columns[2], pa.string()), "rel_type": pa.array(columns[3], pa.string()),
-                "valid_from": pa.array(columns[4], pa.timestamp("us")),
-                "valid_to": pa.array(columns[5], pa.timestamp("us")),
-                "memory_ids": pa.array(columns[6], pa.list_(pa.string())),
-                "created_at": pa.array(columns[7], pa.timestamp("us"))})
-        copy_in_new_process(fresh, nodes_table, edges_table)
+        copy_in_new_process(fresh, nodes, edges)
 
     def close(self) -> None:
         """Close the connection and the database (releasing its lock)."""
