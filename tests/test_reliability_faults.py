@@ -107,7 +107,7 @@ def interrupt(chat: subprocess.Popen[str], server: FakeOpenAI, calls: int, times
     deadline = time.monotonic() + 120
     while server.chat_calls < calls and time.monotonic() < deadline and chat.poll() is None:
         time.sleep(0.05)
-    if chat.poll() is not None:  # it ended early: say how, with what it printed (seen once: SIGABRT, cause unknown)
+    if chat.poll() is not None:  # it ended early: say how, with what it printed (a SIGABRT once: see launch.py)
         out, err = chat.communicate()
         raise AssertionError(f"the chat exited with {chat.returncode} before the hanging call\n{out}\n{err}")
     assert server.chat_calls == calls, "the chat reached the hanging call"
