@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -86,7 +87,7 @@ ENGINE_LOG_SUFFIX = ".log"
 ENGINE_POLL_S = 0.002
 # Seconds a starting Milvus Lite engine may take to listen while its process runs. milvus_lite gives it 0.5 s and
 # then takes it as started; on a busy 2-core machine (two test workers) it once took longer, and the client then
-# failed at once on the missing socket.
+# failed at once on the missing socket (the wait now lasts until the socket accepts a connection).
 ENGINE_START_TIMEOUT_S = 30.0
 # Seconds to wait for the Milvus Lite engine's hold on its file while rewriting it after an erasure.
 LITE_VACUUM_TIMEOUT = 10.0
@@ -435,8 +436,10 @@ class _EngineProcess(subprocess.Popen):
 
     `milvus_lite.server.Server.start` waits 0.5 s for the new process to fail, and takes it as started when it
     has not: half a second on every open, although the engine's socket appears after about 20 ms, and too short
-    a wait on a busy machine. Here that wait ends when the socket exists (the engine is up), when the process
-    ends (it failed, as before), or after `ENGINE_START_TIMEOUT_S`."""
+    a wait on a busy machine. Here that wait ends when the engine's socket accepts a connection (it is up), when
+    the process ends (it failed, as before), or after `ENGINE_START_TIMEOUT_S`. (The socket's file appears when
+    it is bound, a moment before it listens: a client that came in between was refused once, on a busy
+    machine.)"""
 
     _started = False
 
@@ -447,18 +450,28 @@ class _EngineProcess(subprocess.Popen):
             super().__init__(args, **kwargs, stdout=log, stderr=log)
 
     def wait(self, timeout: float | None = None) -> int:
-        socket = next((a[len("unix:"):] for a in self.args if isinstance(a, str) and a.startswith("unix:")), "")
-        if self._started or timeout is None or not socket:  # a later wait: for the process to end, at close
+        path = next((a[len("unix:"):] for a in self.args if isinstance(a, str) and a.startswith("unix:")), "")
+        if self._started or timeout is None or not path:  # a later wait: for the process to end, at close
             return super().wait(timeout)
         self._started = True
         deadline = time.monotonic() + max(timeout, ENGINE_START_TIMEOUT_S)
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 return self.returncode
-            if os.path.exists(socket):
+            if os.path.exists(path) and _listening(path):
                 raise subprocess.TimeoutExpired(self.args, timeout)  # what Server.start reads as "started"
             time.sleep(ENGINE_POLL_S)
         return super().wait(0)
+
+
+def _listening(path: str) -> bool:
+    """Whether the Unix socket at `path` accepts a connection now."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _engine_complaint(uri: str) -> str:

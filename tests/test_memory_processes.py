@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -85,17 +86,19 @@ def test_a_second_process_is_refused_with_the_holders_pid(data_dir: Path) -> Non
 
 def test_an_engine_slow_to_listen_is_waited_for(tmp_path: Path) -> None:
     """milvus_lite takes its engine as started after 0.5 s; a busy machine once needed longer, and the client
-    failed on the missing socket. The start-up check now waits for the socket while the process runs. (A stand-in
-    engine: a script that listens after 1.5 s, as the real one does after ~20 ms.)"""
+    failed on the missing socket; another time the socket's file existed but nothing listened yet (refused).
+    The start-up check now waits, while the process runs, until the socket accepts a connection. (A stand-in
+    engine: a script that binds its socket after 1 s and listens 1 s later, as the real one does in ~20 ms.)"""
     from memory.vector_store import _EngineProcess
 
     socket_path = tmp_path / "engine.sock"
     script = tmp_path / "engine.py"
     script.write_text(textwrap.dedent(f"""
         import socket, time
-        time.sleep(1.5)
+        time.sleep(1.0)
         server = socket.socket(socket.AF_UNIX)
         server.bind({str(socket_path)!r})
+        time.sleep(1.0)
         server.listen()
         time.sleep(60)
     """))
@@ -103,7 +106,8 @@ def test_an_engine_slow_to_listen_is_waited_for(tmp_path: Path) -> None:
     try:
         with pytest.raises(subprocess.TimeoutExpired):  # what milvus_lite reads as "started"
             engine.wait(timeout=0.5)
-        assert socket_path.exists()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(socket_path))  # refused if nothing listens yet
     finally:
         engine.kill()
         engine.wait()
