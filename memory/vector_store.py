@@ -458,14 +458,14 @@ class _EngineProcess(subprocess.Popen):
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 return self.returncode
-            if os.path.exists(path) and _listening(path):
+            if _listening(path):
                 raise subprocess.TimeoutExpired(self.args, timeout)  # what Server.start reads as "started"
             time.sleep(ENGINE_POLL_S)
         return super().wait(0)
 
 
 def _listening(path: str) -> bool:
-    """Whether the Unix socket at `path` accepts a connection now."""
+    """Whether a Unix socket at `path` accepts a connection now (False while there is none)."""
     with socket.socket(socket.AF_UNIX) as probe:
         try:
             probe.connect(path)
