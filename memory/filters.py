@@ -13,6 +13,8 @@ from typing import Any
 from memory.errors import InputError
 
 MAX_ID_CHARS = 256
+# Up to this many values, `any_of` writes `==` alternatives rather than an `in` list.
+FEW_VALUES = 4
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -81,12 +83,24 @@ def metadata_filter(filters: dict[str, Any] | None) -> str:
             raise InputError(f"filter key {key!r} must be a plain identifier (letters, digits, _)")
         field = f'metadata["{key}"]'
         if isinstance(value, dict) and set(value) == {"in"} and isinstance(value["in"], list):
-            # spelled as `==` alternatives, which every engine reads (Milvus Lite 3 refused `in` on a JSON path)
-            options = " or ".join(f"{field} == {literal(v)}" for v in value["in"])
-            parts.append(f"({options})" if options else "false")
+            parts.append(any_of(field, value["in"]))
         else:
             parts.append(f"{field} == {literal(value)}")
     return " and ".join(parts)
+
+
+def any_of(field: str, values: list[Any]) -> str:
+    """`field` equal to one of `values` ("false" for none). Up to `FEW_VALUES` values as `==` alternatives, which
+    Milvus Lite 2.5 answers faster than `in` (one or three of 100,000 VARCHAR rows: 5-7 against 9-12 ms); more as
+    `in` lists, one per kind of literal: a long chain of `or` is refused by Lite ("unsupported expr proto node",
+    from ~16 terms), and so is an `in` list that mixes strings and numbers, or ints and floats, on a JSON path."""
+    if len(values) <= FEW_VALUES:
+        options = " or ".join(f"{field} == {literal(v)}" for v in values)
+        return f"({options})" if options else "false"
+    kinds: dict[type, list[str]] = {}
+    for value in values:
+        kinds.setdefault(type(value), []).append(literal(value))
+    return "(" + " or ".join(f"{field} in [{', '.join(group)}]" for group in kinds.values()) + ")"
 
 
 def combine(*expressions: str) -> str:

@@ -50,7 +50,7 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from memory.embeddings import unit_length
 from memory.errors import ConfigError, InputError, StoreError, one_line
-from memory.filters import combine, literal, scope_filter
+from memory.filters import any_of, combine, literal, scope_filter
 from memory.keywords import ANALYZER_PARAMS, keyword_text
 from memory.processes import sigint_blocked
 from memory.records import MemoryRecord
@@ -319,7 +319,7 @@ class MilvusVectorStore:
         if not hashes:
             return set()
         with self._lock:
-            wanted = combine(expr, f"hash in [{', '.join(literal(h) for h in hashes)}]")
+            wanted = combine(expr, any_of("hash", hashes))
             return {row["hash"] for row in self._query(wanted, ["hash"], limit=None)}
 
     def get(self, ids: list[str]) -> list[MemoryRecord]:

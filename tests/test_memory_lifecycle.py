@@ -326,6 +326,13 @@ def test_metadata_is_kept_and_filters_match_it(mem: Memory) -> None:
         "I moved to Berlin": {"turn": 7, "session": "s1", "role": "user"},
         "Nice, welcome!": {"turn": 7, "session": "s1", "role": "assistant"}}
     assert texts(mem.search("Berlin", user_id="u", filters={"turn": {"in": [8, 9]}})) == ["I moved to Berlin in 2019"]
+    # a long list, of strings, ints and floats at once (Milvus Lite refuses a long `or` chain and a mixed `in`)
+    many = [*(f"s{i}" for i in range(3, 40)), *range(20, 60), 7.5, True]
+    assert texts(mem.search("Berlin", user_id="u", filters={"session": {"in": many}})) == []
+    assert sorted(texts(mem.get_all(user_id="u", filters={"turn": {"in": [*many, 7]}}))) == [
+        "I moved to Berlin", "Nice, welcome!"]
+    assert texts(mem.search("Berlin", user_id="u", filters={"session": {"in": [*many, "s2"]}})) == [
+        "I moved to Berlin in 2019"]
     assert mem.search("Berlin", user_id="u", filters={"session": 's1" or "1"=="1'})["results"] == []
 
 
