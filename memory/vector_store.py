@@ -39,8 +39,8 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Collection
-from contextlib import closing
+from collections.abc import Collection, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -49,7 +49,7 @@ import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from memory.embeddings import unit_length
-from memory.errors import ConfigError, InputError, StoreError, one_line
+from memory.errors import ConfigError, InputError, MemoryLayerError, StoreError, one_line
 from memory.filters import any_of, combine, literal, scope_filter
 from memory.keywords import ANALYZER_PARAMS, keyword_text
 from memory.processes import sigint_blocked
@@ -326,7 +326,7 @@ class MilvusVectorStore:
         """Rows by id (missing ids are skipped)."""
         if not ids:
             return []
-        with self._lock:
+        with self._lock, _engine_errors("read memories by id"):
             rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS, **self._read_options())
         return [_record(r) for r in rows]
 
@@ -343,19 +343,20 @@ class MilvusVectorStore:
         # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
         window = min(limit, QUERY_WINDOW) if limit else QUERY_WINDOW
         expr = self._expr(expr)
-        rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
-                                 **self._read_options())
-        if len(rows) < window or (limit and limit <= QUERY_WINDOW):
-            return list(rows)
-        out: list[dict] = []
-        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter=expr, output_fields=fields,
-                                              limit=limit if limit else -1)
-        try:
-            while batch := iterator.next():
-                out.extend(batch)
-        finally:
-            iterator.close()
-        return out
+        with _engine_errors("query memories"):
+            rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
+                                     **self._read_options())
+            if len(rows) < window or (limit and limit <= QUERY_WINDOW):
+                return list(rows)
+            out: list[dict] = []
+            iterator = self.client.query_iterator(self.collection, batch_size=1000, filter=expr,
+                                                  output_fields=fields, limit=limit if limit else -1)
+            try:
+                while batch := iterator.next():
+                    out.extend(batch)
+            finally:
+                iterator.close()
+            return out
 
     def search_dense(self, vector: np.ndarray, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Nearest rows by cosine similarity (higher is closer)."""
@@ -380,8 +381,9 @@ class MilvusVectorStore:
             options = self._read_options()
         # The search itself runs unlocked: the engine is another process, so a write of another thread (deleting
         # a row that exists takes hundreds of ms in a large Lite collection) does not hold the next recall up.
-        hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                  search_params=params, output_fields=SCALAR_FIELDS, **options)
+        with _engine_errors("search memories"):
+            hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
+                                      search_params=params, output_fields=SCALAR_FIELDS, **options)
         out = []
         for hit in hits[0] if hits else []:
             score = float(hit["distance"])
@@ -414,6 +416,18 @@ class MilvusVectorStore:
         finally:
             if not self.is_server:
                 _release_lite_server(self.uri)
+
+
+@contextmanager
+def _engine_errors(doing: str) -> Iterator[None]:
+    """A read's failure in the Milvus client (a server gone, the Lite engine's process killed) as a one-line
+    `StoreError`: the chat says so and goes on, and the caller sees the same kind of error from every store."""
+    try:
+        yield
+    except MemoryLayerError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"Milvus could not {doing}: {one_line(exc)}") from exc
 
 
 def _open_lite(uri: str) -> MilvusClient:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import make_memory
+
+from memory import StoreError
 
 WRITE = """
 import json
@@ -82,6 +85,35 @@ def test_a_second_process_is_refused_with_the_holders_pid(data_dir: Path) -> Non
     with make_memory(data_dir) as mem:  # and the data is intact once it is closed
         assert sorted(r["memory"] for r in mem.get_all(user_id="u")["results"]) == ["I like green tea",
                                                                                    "I live in Lyon"]
+
+
+def test_a_killed_milvus_lite_engine_is_a_one_line_store_error_and_loses_nothing(data_dir: Path) -> None:
+    """The engine's process dies under an open Memory (killed, out of memory): searches, listings and writes
+    fail with one line naming Milvus, not the client's own exception (which the chat would not catch), and
+    what was stored is all there when the data directory is opened again."""
+    with make_memory(data_dir) as mem:
+        mem.add("I like green tea", user_id="u", infer=False)
+        engines = [pid for pid in _children() if str(data_dir / "milvus.db") in _cmdline(pid)]
+        assert len(engines) == 1
+        os.kill(engines[0], signal.SIGKILL)
+        os.waitpid(engines[0], 0)
+        for call in (lambda: mem.search("tea", user_id="u"), lambda: mem.get_all(user_id="u"),
+                     lambda: mem.add("I live in Lyon", user_id="u", infer=False)):
+            with pytest.raises(StoreError) as failed:
+                call()
+            assert str(failed.value).startswith("Milvus could not ") and "\n" not in str(failed.value)
+    with make_memory(data_dir) as mem:
+        assert [r["memory"] for r in mem.get_all(user_id="u")["results"]] == ["I like green tea"]
+        assert mem.search("tea", user_id="u")["results"][0]["memory"] == "I like green tea"
+
+
+def _children() -> list[int]:
+    tasks = Path(f"/proc/{os.getpid()}/task").glob("*/children")
+    return [int(pid) for task in tasks for pid in task.read_text().split()]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def test_an_engine_slow_to_listen_is_waited_for(tmp_path: Path) -> None:
