@@ -87,20 +87,27 @@ class KuzuGraphStore:
         self._statements: dict[str, kuzu.PreparedStatement] = {}
 
     def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        """Run one query; Kuzu's failure (a damaged file, a full disk) is a one-line `StoreError`."""
         with self._lock:
-            if not params:
-                return _rows(self._conn, query)
-            # Kuzu 0.11 keeps every statement it prepares from a query string until the connection closes
-            # (measured: ~10 KB per read, ~60 KB per write of a vector, never freed), so a process would grow
-            # with every search and add. One prepared statement per query text stops that, and plans each query
-            # once (0.2 ms instead of ~1.3 ms a read).
-            statement = self._statements.get(query)
-            if statement is None:
-                statement = kuzu.PreparedStatement(self._conn, query)
-                if not statement.is_success():
-                    raise RuntimeError(statement.get_error_message())
-                self._statements[query] = statement
-            return _rows(self._conn, statement, params)
+            try:
+                return self._execute(query, params)
+            except RuntimeError as exc:
+                raise StoreError(f"Kuzu could not run a graph query: {one_line(exc)}") from exc
+
+    def _execute(self, query: str, params: dict[str, Any] | None) -> list[list[Any]]:
+        if not params:
+            return _rows(self._conn, query)
+        # Kuzu 0.11 keeps every statement it prepares from a query string until the connection closes
+        # (measured: ~10 KB per read, ~60 KB per write of a vector, never freed), so a process would grow
+        # with every search and add. One prepared statement per query text stops that, and plans each query
+        # once (0.2 ms instead of ~1.3 ms a read).
+        statement = self._statements.get(query)
+        if statement is None:
+            statement = kuzu.PreparedStatement(self._conn, query)
+            if not statement.is_success():
+                raise RuntimeError(statement.get_error_message())
+            self._statements[query] = statement
+        return _rows(self._conn, statement, params)
 
     # -- entities -----------------------------------------------------------------------------------------
     def user_node(self, user_id: str) -> str:
