@@ -421,8 +421,13 @@ class Memory:
                 count = pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db, fresh=True,
                                              beside=self._workers)
             except Exception as exc:
-                raise StoreError(f"a store failed while writing ({one_line(exc)}); the write is journaled and "
-                                 "will be completed when the memory is next opened") from exc
+                # Replayed at once, as the next open would (replaying is idempotent): a store may be back already
+                # (the Milvus Lite engine's process died and the failed call started it again).
+                try:
+                    count = pipeline.apply_plan(plan, self.vectors, self.graph, self.history_db)
+                except Exception:
+                    raise StoreError(f"a store failed while writing ({one_line(exc)}); the write is journaled and "
+                                     "will be completed when the memory is next opened") from exc
             self.history_db.commit(plan["id"])
             return count
 

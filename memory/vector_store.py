@@ -39,11 +39,11 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Collection, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Collection
+from contextlib import closing, suppress
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
@@ -100,8 +100,13 @@ BM25_SINCE = (2, 5)
 PARTITION_KEY_UPSERT_SINCE = (2, 4)
 # The most rows one plain query returns (Milvus' offset + limit bound).
 QUERY_WINDOW = 16_384
+# The Milvus Lite engine processes this process started, by the resolved path of their file (the latest one).
+_ENGINES: dict[str, _EngineProcess] = {}
 # Each (URI, database, reason) the degraded-mode warning was logged for: it is said once per process.
 _WARNED: set[tuple[str, str, str]] = set()
+
+
+T = TypeVar("T")
 
 
 class VectorStore(Protocol):
@@ -275,8 +280,7 @@ class MilvusVectorStore:
         if self.keyword_search and self._stemmed:
             for row in rows:
                 row["keywords"] = _clip(keyword_text(row["text"]))
-        with self._lock:
-            self._ever_written = True
+        def write() -> None:
             if self._native_upsert:
                 self.client.upsert(self.collection, rows)
             else:  # on a server, the insert's timestamp, later than the delete's, is what "Session" reads wait for
@@ -285,11 +289,16 @@ class MilvusVectorStore:
                     self.client.delete(self.collection, ids=stored)
                 self.client.insert(self.collection, rows)
 
+        with self._lock:
+            self._ever_written = True
+            self._engine_call("write memories", write, retry=False)
+
     def delete(self, ids: list[str], user_id: str) -> None:
         """Delete rows by id."""
         if ids:
+            expr = self._expr(combine(scope_filter(user_id), _id_in(ids)))
             with self._lock:
-                self.client.delete(self.collection, filter=self._expr(combine(scope_filter(user_id), _id_in(ids))))
+                self._engine_call("delete memories", lambda: self.client.delete(self.collection, filter=expr))
                 self._deleted_since_read = self.is_server
 
     def delete_user(self, user_id: str) -> int:
@@ -298,7 +307,8 @@ class MilvusVectorStore:
         with self._lock:
             ids = [r["id"] for r in self._query(scope_filter(user_id), ["id"], limit=None)]
             for start in range(0, len(ids), 1000):
-                self.client.delete(self.collection, ids=ids[start:start + 1000])
+                batch = ids[start:start + 1000]
+                self._engine_call("delete memories", lambda ids=batch: self.client.delete(self.collection, ids=ids))
             self._deleted_since_read = bool(ids)
             if not self.is_server:
                 _vacuum_lite(self.uri)
@@ -326,8 +336,9 @@ class MilvusVectorStore:
         """Rows by id (missing ids are skipped)."""
         if not ids:
             return []
-        with self._lock, _engine_errors("read memories by id"):
-            rows = self.client.get(self.collection, ids=list(ids), output_fields=SCALAR_FIELDS, **self._read_options())
+        with self._lock:
+            rows = self._engine_call("read memories by id", lambda: self.client.get(
+                self.collection, ids=list(ids), output_fields=SCALAR_FIELDS, **self._read_options()))
         return [_record(r) for r in rows]
 
     def list(self, expr: str, user_id: str, limit: int | None) -> list[MemoryRecord]:
@@ -343,7 +354,8 @@ class MilvusVectorStore:
         # batch wait for a fresh timestamp). Only a result that fills the query window needs the iterator.
         window = min(limit, QUERY_WINDOW) if limit else QUERY_WINDOW
         expr = self._expr(expr)
-        with _engine_errors("query memories"):
+
+        def query() -> list[dict]:
             rows = self.client.query(self.collection, filter=expr, output_fields=fields, limit=window,
                                      **self._read_options())
             if len(rows) < window or (limit and limit <= QUERY_WINDOW):
@@ -357,6 +369,8 @@ class MilvusVectorStore:
             finally:
                 iterator.close()
             return out
+
+        return self._engine_call("query memories", query)
 
     def search_dense(self, vector: np.ndarray, expr: str, user_id: str, limit: int) -> list[tuple[MemoryRecord, float]]:
         """Nearest rows by cosine similarity (higher is closer)."""
@@ -381,9 +395,9 @@ class MilvusVectorStore:
             options = self._read_options()
         # The search itself runs unlocked: the engine is another process, so a write of another thread (deleting
         # a row that exists takes hundreds of ms in a large Lite collection) does not hold the next recall up.
-        with _engine_errors("search memories"):
-            hits = self.client.search(self.collection, data=data, anns_field=field, limit=limit, filter=expr,
-                                      search_params=params, output_fields=SCALAR_FIELDS, **options)
+        hits = self._engine_call("search memories", lambda: self.client.search(
+            self.collection, data=data, anns_field=field, limit=limit, filter=expr, search_params=params,
+            output_fields=SCALAR_FIELDS, **options))
         out = []
         for hit in hits[0] if hits else []:
             score = float(hit["distance"])
@@ -410,6 +424,39 @@ class MilvusVectorStore:
         with self._lock:
             self._close_client()
 
+    def _engine_call(self, doing: str, call: Callable[[], T], *, retry: bool = True) -> T:
+        """`call()` against the engine; its failure (a server gone, the Lite engine's process killed) is a one-line
+        `StoreError`. On Milvus Lite an engine process that has died (killed, out of memory) is started again
+        first, from its file, and the call is tried once more unless `retry` is False (an insert that may have
+        reached the engine before it died must not be made twice: the caller's journal replays it)."""
+        for attempt in (1, 2):
+            client = self.client
+            try:
+                return call()
+            except MemoryLayerError:
+                raise
+            except Exception as exc:
+                if not self._revived(client) or not retry or attempt == 2:
+                    raise StoreError(f"Milvus could not {doing}: {one_line(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _revived(self, failed: MilvusClient) -> bool:
+        """After a call through `failed` failed: whether a working client is in place now, because this process'
+        Milvus Lite engine had exited and was started again (here, or by another thread meanwhile)."""
+        if self.is_server:
+            return False
+        with self._lock:
+            if self.client is not failed:
+                return True
+            if not _engine_exited(self.uri):
+                return False
+            log.warning("the Milvus Lite engine for %s had stopped; starting it again", self.uri)
+            with suppress(Exception):  # the old channel's engine is gone already
+                self._close_client()
+            self.client = _open_lite(self.uri)
+            self.client.load_collection(self.collection)
+            return True
+
     def _close_client(self) -> None:
         try:
             self.client.close()
@@ -418,16 +465,10 @@ class MilvusVectorStore:
                 _release_lite_server(self.uri)
 
 
-@contextmanager
-def _engine_errors(doing: str) -> Iterator[None]:
-    """A read's failure in the Milvus client (a server gone, the Lite engine's process killed) as a one-line
-    `StoreError`: the chat says so and goes on, and the caller sees the same kind of error from every store."""
-    try:
-        yield
-    except MemoryLayerError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"Milvus could not {doing}: {one_line(exc)}") from exc
+def _engine_exited(uri: str) -> bool:
+    """Whether the Milvus Lite engine process this process started for the file `uri` has exited."""
+    engine = _ENGINES.get(str(Path(uri).resolve()))
+    return engine is not None and engine.poll() is not None
 
 
 def _open_lite(uri: str) -> MilvusClient:
@@ -458,6 +499,7 @@ class _EngineProcess(subprocess.Popen):
     _started = False
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
+        _ENGINES[str(Path(args[1]).resolve())] = self
         # The engine logs to stdout/stderr, which are the chat's terminal: its log goes next to its file instead,
         # one run's worth (errors only).
         with open(Path(args[1]).with_suffix(ENGINE_LOG_SUFFIX), "wb") as log:
