@@ -52,6 +52,8 @@ HELP = """Commands:
   /forget <id>     forget one memory (an id or its first characters, as /memories shows)
   /forget all      forget everything about you (asks for confirmation)
   /graph           the entities and relations I know about you
+  /export <file>   save everything I remember about you to a JSON file (a backup, or to move it)
+  /import <file>   load an exported file into your memories (what you already have is not doubled)
   /recall          show or hide the recalled memories before each reply
   /help            this help
   quit, exit, bye, Ctrl-D or Ctrl-C end the session."""
@@ -270,6 +272,10 @@ class Chat:
                 self.forget(arg)
             elif name == "/graph":
                 self.show_graph()
+            elif name == "/export" and arg:
+                self.export(arg)
+            elif name == "/import" and arg:
+                self.import_file(arg)
             elif name == "/recall":
                 self.show_recall = not self.show_recall
                 self.console.print(f"Recalled memories are now {'shown' if self.show_recall else 'hidden'}.")
@@ -321,8 +327,30 @@ class Chat:
             self.console.print(f"Forgetting everything about {escape(self.user_id)}…")
             result = self.runtime.memory.delete_all(user_id=self.user_id)
             count = result["deleted"]
-            self.console.print(f"Forgot everything ({count} {'memory' if count == 1 else 'memories'}, the graph and "
+            self.console.print(f"Forgot everything ({_count(count, 'memory', 'memories')}, the graph and "
                                "the history).")
+
+    def export(self, path: str) -> None:
+        """Save this user's memories, graph and history to the file `path`."""
+        from memory.transfer import write_document
+
+        self.runtime.writer.wait(timeout=120)
+        document = self.runtime.memory.export(user_id=self.user_id)
+        written = write_document(document, path)
+        self.console.print(f"Saved {_count(len(document['memories']), 'memory', 'memories')} and "
+                           f"{_count(len(document['relations']), 'relation', 'relations')} to {escape(str(written))}.")
+
+    def import_file(self, path: str) -> None:
+        """Load an export file into this user's memories."""
+        from memory.transfer import read_document
+
+        self.runtime.writer.wait(timeout=120)
+        document = read_document(path)
+        with _sigint_deferred():  # a Ctrl-C ends the session once the file is loaded, not half-way through
+            counts = self.runtime.memory.restore(document, user_id=self.user_id)
+        had = f" ({counts['already_remembered']} I already had)" if counts["already_remembered"] else ""
+        self.console.print(f"Loaded {_count(counts['memories'], 'memory', 'memories')}{had} and "
+                           f"{_count(counts['relations'], 'relation', 'relations')} from {escape(path)}.")
 
     def show_graph(self) -> None:
         """The user's entities and current relations."""
@@ -374,6 +402,10 @@ class Chat:
         """True when a reply was abandoned at Ctrl-C: its graph step may still wait on the model endpoint in a
         worker thread that the interpreter would wait for at exit."""
         return self.abandoned is not None
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _startup_failed(console: Console, exc: BaseException) -> int:

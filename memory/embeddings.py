@@ -192,6 +192,7 @@ class RemoteEmbedder(Embeddings):
         from langchain_openai import OpenAIEmbeddings
 
         self.dims = config.embedding_dims
+        self.model = config.model
         self._client = OpenAIEmbeddings(model=config.model, dimensions=config.embedding_dims,
                                         api_key=config.api_key, base_url=config.base_url,
                                         check_embedding_ctx_length=False, max_retries=2, timeout=30)

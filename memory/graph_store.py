@@ -59,9 +59,11 @@ class Entity:
 class GraphStore(Protocol):
     """What the memory pipeline needs from a graph store."""
 
+    def user_node(self, user_id: str) -> str: ...
     def resolve_entity(self, user_id: str, name: str, type_: str, embedding: np.ndarray | None) -> str: ...
     def add_relation(self, user_id: str, source_id: str, rel_type: str, destination_id: str, memory_id: str,
                      valid_from: datetime) -> str: ...
+    def restore_relation(self, relation: Relation, source_id: str, destination_id: str) -> None: ...
     def invalidate(self, relation_ids: list[str], valid_to: datetime) -> None: ...
     def invalidate_memories(self, user_id: str, memory_ids: list[str], valid_to: datetime,
                             keep: set[str] | frozenset[str] = frozenset()) -> None: ...
@@ -168,6 +170,19 @@ class KuzuGraphStore:
                       {"a": source_id, "b": destination_id, "id": rel_id, "t": rel_type,
                        "m": [memory_id] if memory_id else [], "now": _now(), "vf": _naive(valid_from)})
             return rel_id
+
+    def restore_relation(self, relation: Relation, source_id: str, destination_id: str) -> None:
+        """Store an exported relation as it was (id, type, validity window, memory ids) between these nodes;
+        nothing changes if its id is stored already."""
+        with self._lock:
+            if self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id RETURN r.id", {"id": relation.id}):
+                return
+            self._run("MATCH (a:Entity {id: $a}), (b:Entity {id: $b}) CREATE (a)-[:RELATES {id: $id, rel_type: $t, "
+                      "valid_from: $vf, valid_to: $vt, memory_ids: $m, created_at: $now}]->(b)",
+                      {"a": source_id, "b": destination_id, "id": relation.id, "t": relation.relationship,
+                       "m": list(relation.memory_ids), "now": _now(),
+                       "vf": _naive(relation.valid_from) if relation.valid_from else None,
+                       "vt": _naive(relation.valid_to) if relation.valid_to else None})
 
     def invalidate(self, relation_ids: list[str], valid_to: datetime) -> None:
         """Mark relations as no longer true from `valid_to` on (kept for history and "as of" queries)."""

@@ -28,7 +28,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 
-from memory import pipeline
+from memory import pipeline, transfer
 from memory.concurrency import running_beside
 from memory.config import MemoryConfig
 from memory.embeddings import cosine_range, embed, make_embedder, query_cores
@@ -395,6 +395,66 @@ class Memory:
         """Every ADD/UPDATE/DELETE of one memory, oldest first."""
         self._check_open()
         return self.history_db.of_memory(memory_id)
+
+    # -- export and restore (see memory.transfer) ------------------------------------------------------------
+    def export(self, *, user_id: str) -> dict[str, Any]:
+        """Everything remembered about one user as a JSON-ready document: memories with their embeddings, the
+        graph's entities and relations (those no longer true included) and the history. `restore` loads it."""
+        self._check_open()
+        user_id = check_id(user_id, "user_id", required=True)
+        with self._user_lock(user_id):
+            records = self.vectors.list(scope_filter(user_id), user_id, None)
+            vectors = self.vectors.vectors([r.id for r in records])
+            entities = [(e.name, e.type, e.embedding) for e in self.graph.entities(user_id, vectors=True)
+                        if e.type != "user"]
+            relations = self.graph.relations(user_id, current_only=False, limit=2**62)
+            history = self.history_db.of_user(user_id)
+        return transfer.build_export(user_id, records, vectors, entities, relations, history,
+                                     embedding_model=transfer.embedder_name(self.embedder), dims=self.vectors.dims,
+                                     exported_at=datetime.now(UTC))
+
+    def restore(self, document: str | bytes | dict[str, Any], *, user_id: str | None = None) -> dict[str, int]:
+        """Load an `export` document (a dict or its JSON text), for the user it was exported for or for `user_id`.
+
+        A memory the user already has (same text, agent and run) is not stored again, so restoring twice changes
+        nothing; the texts are embedded anew when the document comes from another embedder. Returns the counts of
+        memories stored, memories the user already had, relations and history rows."""
+        self._check_open()
+        export = transfer.parse_export(document)
+        target = check_id(export.user_id if user_id is None else user_id, "user_id", required=True)
+        for memory in export.memories:
+            check_id(memory.agent_id or None, "agent_id")
+            check_id(memory.run_id or None, "run_id")
+            check_encodable(memory.text, "a memory's text")
+            _check_metadata(memory.metadata)
+            if len(memory.text.encode()) > MAX_TEXT_BYTES:
+                raise InputError(f"the export holds a memory of {len(memory.text)} characters, over the limit of "
+                                 f"{MAX_TEXT_BYTES} bytes")
+        vectors = self._restored_vectors(export, [(m.text, m.vector) for m in export.memories])
+        names = [(e.name, e.type) for e in export.entities]
+        entity_vectors = self._restored_vectors(export, [(e.name, e.vector) for e in export.entities])
+        with self._user_lock(target):
+            existing = {(r.hash, r.agent_id, r.run_id): r.id
+                        for r in self.vectors.list(scope_filter(target), target, None)}
+            history_ids = {row["id"] for row in self.history_db.of_user(target)}
+            plans, counts = transfer.restore_plans(export, transfer.IdMap(export.user_id, target), vectors,
+                                                   dict(zip(names, entity_vectors, strict=True)), existing,
+                                                   history_ids, now_ms())
+            for plan in plans:
+                self._commit(plan)
+        return counts
+
+    def _restored_vectors(self, export: transfer.MemoryExport, items: list[tuple[str, str | None]]) -> np.ndarray:
+        """The document's vectors of these (text, packed vector) items if it comes from this embedder and has them
+        all, else the texts embedded anew."""
+        if (export.embedding_model == transfer.embedder_name(self.embedder)
+                and export.embedding_dims == self.vectors.dims):
+            vectors = transfer.document_vectors([vector for _, vector in items], export.embedding_dims)
+            if vectors is not None:
+                return vectors
+        if not items:
+            return np.zeros((0, self.vectors.dims), dtype=np.float32)
+        return embed(self.embedder, [text for text, _ in items])
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def _record(self, memory_id: str) -> MemoryRecord:

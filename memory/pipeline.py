@@ -44,10 +44,29 @@ def new_erasure(user_id: str, when_ms: int) -> dict[str, Any]:
 def add_upsert(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray, event: str,
                old_text: str | None) -> None:
     """Plan storing a record (ADD or UPDATE) and its history row."""
-    plan["upserts"].append({"record": record.__dict__, "vector": _pack(vector), "new": event == "ADD"})
+    plan["upserts"].append({"record": record.__dict__, "vector": pack(vector), "new": event == "ADD"})
     plan["history"].append({"id": f"{plan['id']}:{len(plan['history'])}", "memory_id": record.id,
                             "user_id": record.user_id, "event": event, "old_memory": old_text,
                             "new_memory": record.text, "actor": plan["actor"], "created_at": _iso(plan["time"])})
+
+
+def add_restored(plan: dict[str, Any], record: MemoryRecord, vector: np.ndarray) -> None:
+    """Plan storing a record exactly as an export holds it (its history comes with the export)."""
+    plan["upserts"].append({"record": record.__dict__, "vector": pack(vector), "new": False})
+
+
+def add_restored_relation(plan: dict[str, Any], relation: Relation, source_vector: np.ndarray | None,
+                          destination_vector: np.ndarray | None) -> None:
+    """Plan storing a relation as an export holds it: a current one is merged with an identical current relation
+    of the user (as `add` would), one no longer true is stored with its id and validity window."""
+    plan.setdefault("restored_relations", []).append({
+        "id": relation.id, "source": relation.source, "source_type": relation.source_type,
+        "relationship": relation.relationship, "destination": relation.destination,
+        "destination_type": relation.destination_type, "memory_ids": relation.memory_ids,
+        "valid_from": relation.valid_from.isoformat() if relation.valid_from else None,
+        "valid_to": relation.valid_to.isoformat() if relation.valid_to else None,
+        "source_vector": pack(source_vector) if source_vector is not None else None,
+        "destination_vector": pack(destination_vector) if destination_vector is not None else None})
 
 
 def add_delete(plan: dict[str, Any], record: MemoryRecord) -> None:
@@ -111,7 +130,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
     for rel in plan["relations"]:
         for end in ("source", "destination"):
             vector = vectors.get(rel[end])
-            rel[f"{end}_vector"] = _pack(vector) if vector is not None else None
+            rel[f"{end}_vector"] = pack(vector) if vector is not None else None
     return results
 
 
@@ -133,7 +152,7 @@ def apply_plan(plan: dict[str, Any], vector_store: VectorStore, graph: GraphStor
         if plan["upserts"]:
             records = [MemoryRecord(**u["record"]) for u in plan["upserts"]]
             new_ids = {u["record"]["id"] for u in plan["upserts"] if fresh and u.get("new")}
-            vector_store.upsert(records, np.stack([_unpack(u["vector"]) for u in plan["upserts"]]), new_ids=new_ids)
+            vector_store.upsert(records, np.stack([unpack(u["vector"]) for u in plan["upserts"]]), new_ids=new_ids)
         for ids in (plan["deletes"], plan["forget"]):
             if ids:
                 vector_store.delete(ids, user_id)
@@ -168,26 +187,47 @@ def _write_graph(plan: dict[str, Any], graph: GraphStore) -> None:
         destination = graph.resolve_entity(user_id, rel["destination"], rel["destination_type"],
                                            _array(rel["destination_vector"]))
         restated.add(graph.add_relation(user_id, source, rel["relationship"], destination, rel["memory_id"], when))
+    for rel in plan.get("restored_relations", []):
+        _restore_relation(rel, user_id, graph)
     if plan.get("rewritten"):
         # an updated memory no longer states what its old text said, unless the new text says it again
         graph.invalidate_memories(user_id, plan["rewritten"], when, keep=restated)
+
+
+def _restore_relation(rel: dict[str, Any], user_id: str, graph: GraphStore) -> None:
+    ends = []
+    for end in ("source", "destination"):
+        if rel[f"{end}_type"] == "user":  # the exported user's own node is this user's
+            ends.append(graph.user_node(user_id))
+        else:
+            ends.append(graph.resolve_entity(user_id, rel[end], rel[f"{end}_type"], _array(rel[f"{end}_vector"])))
+    valid_from = datetime.fromisoformat(rel["valid_from"]) if rel["valid_from"] else datetime.now(UTC)
+    if rel["valid_to"]:
+        graph.restore_relation(Relation(id=rel["id"], source=rel["source"], relationship=rel["relationship"],
+                                        destination=rel["destination"], valid_from=valid_from,
+                                        valid_to=datetime.fromisoformat(rel["valid_to"]),
+                                        memory_ids=rel["memory_ids"]), ends[0], ends[1])
+        return
+    for memory_id in rel["memory_ids"] or [""]:
+        graph.add_relation(user_id, ends[0], rel["relationship"], ends[1], memory_id, valid_from)
 
 
 def _relation_type(name: str) -> str:
     return "_".join(name.strip().lower().replace("-", " ").split())[:100] or "related_to"
 
 
-def _pack(vector: np.ndarray) -> str:
-    """A vector as base64 float32: a journaled plan stays small and quick to write."""
+def pack(vector: np.ndarray) -> str:
+    """A vector as base64 little-endian float32: a journaled plan (or an export) stays small and quick to write."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _unpack(packed: str) -> np.ndarray:
+def unpack(packed: str) -> np.ndarray:
+    """The vector `pack` wrote."""
     return np.frombuffer(base64.b64decode(packed), dtype="<f4").astype(np.float32)
 
 
 def _array(packed: str | None) -> np.ndarray | None:
-    return _unpack(packed) if packed else None
+    return unpack(packed) if packed else None
 
 
 def _iso(ms: int) -> str:

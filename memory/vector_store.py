@@ -117,6 +117,7 @@ class VectorStore(Protocol):
     def upsert(self, records: list[MemoryRecord], vectors: np.ndarray, *,
                new_ids: Collection[str] = ()) -> None: ...
     def get(self, ids: list[str]) -> list[MemoryRecord]: ...
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]: ...
     def known_hashes(self, user_id: str, expr: str, hashes: list[str]) -> set[str]: ...
     def delete(self, ids: list[str], user_id: str) -> None: ...
     def delete_user(self, user_id: str) -> int: ...
@@ -340,6 +341,17 @@ class MilvusVectorStore:
             rows = self._engine_call("read memories by id", lambda: self.client.get(
                 self.collection, ids=list(ids), output_fields=SCALAR_FIELDS, **self._read_options()))
         return [_record(r) for r in rows]
+
+    def vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored (unit-length) vectors of these rows, by id (missing ids are skipped)."""
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), 1000):
+            batch = list(ids[start:start + 1000])
+            with self._lock:
+                rows = self._engine_call("read memory vectors", lambda batch=batch: self.client.get(
+                    self.collection, ids=batch, output_fields=["id", "dense"], **self._read_options()))
+            out.update((row["id"], np.asarray(row["dense"], dtype=np.float32)) for row in rows)
+        return out
 
     def list(self, expr: str, user_id: str, limit: int | None) -> list[MemoryRecord]:
         """Rows matching an expression within one user's scope, newest first."""

@@ -9,7 +9,8 @@ before each of them (creating a collection costs ~3 s on this server, mostly loa
 What is proven here: the memory suite's lifecycle cases (tests/test_memory_lifecycle.py, run unchanged) pass
 on the server; Milvus 2.3 has no BM25 function, which is detected and said once, and search works dense-only
 plus the graph; `user_id` is the partition key and HNSW the index; a write is seen by the very next read;
-memories survive closing and reopening; a wrong token, a missing database, a closed port and a silent port
+memories survive closing and reopening; a user's memory moves from Milvus Lite to the server and back (export,
+restore); a wrong token, a missing database, a closed port and a silent port
 each give a one-line error naming the setting, within seconds.
 
 Skipped, with the reason, only when the `milvus` package (milvus-server) is not installed.
@@ -29,9 +30,10 @@ from typing import Any
 import numpy as np
 import pytest
 import test_memory_lifecycle as lifecycle
+import test_memory_transfer as transfer
 from milvus_server import MilvusServer, MilvusServerError, closed_port, unavailable_reason
 from pymilvus import MilvusClient
-from replays_memory import PromptReadingModel, add_op, answer, delete_op, reading_model, update_op
+from replays_memory import PromptReadingModel, add_op, answer, delete_op, fresh_memory, reading_model, update_op
 
 import memory.vector_store as vector_store
 from memory import Memory, StoreError
@@ -299,6 +301,21 @@ def test_memories_survive_closing_and_reopening(server: MilvusServer, tmp_path: 
         mem.add("I stopped working as a nurse", user_id="p")  # the model is shown the reopened memories
         assert sorted(texts(mem.get_all(user_id="p"))) == ["Has a dog named Rex", "Prefers tea to coffee"]
         assert texts(mem.get_all(user_id="q")) == ["Someone else's note"]
+
+
+def test_a_users_memory_moves_from_milvus_lite_to_the_server_and_back(mem: Memory, tmp_path: Path) -> None:
+    """What a user who outgrows one machine does: export from the embedded store, restore on the server."""
+    with fresh_memory(tmp_path / "lite", reading_model(transfer.LIKES, transfer.DISLIKES)) as lite:
+        lite.add("I like badminton", user_id="alice")
+        lite.add("I dislike badminton", user_id="alice")
+        lite.add(transfer.SPIDER_MAN, user_id="alice", infer=False)
+        before = transfer.everything(lite, "alice")
+        assert mem.restore(lite.export(user_id="alice"))["memories"] == 2
+    assert transfer.everything(mem, "alice") == before
+    assert texts(mem.search("Do I like badminton?", user_id="alice"))[0] == "Dislikes badminton"
+    with fresh_memory(tmp_path / "back") as back:
+        back.restore(mem.export(user_id="alice"))
+        assert transfer.everything(back, "alice") == before
 
 
 def test_a_quote_laden_user_id_is_matched_literally(mem: Memory) -> None:
