@@ -69,7 +69,7 @@ class GraphStore(Protocol):
                             keep: set[str] | frozenset[str] = frozenset()) -> None: ...
     def entities(self, user_id: str, *, vectors: bool = False) -> list[Entity]: ...
     def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
-                  limit: int = 100) -> list[Relation]: ...
+                  limit: int = 100, as_of: datetime | None = None) -> list[Relation]: ...
     def forget_memories(self, user_id: str, memory_ids: list[str]) -> None: ...
     def delete_user(self, user_id: str) -> None: ...
     def reset(self) -> None: ...
@@ -207,11 +207,15 @@ class KuzuGraphStore:
                     self.invalidate([rel_id], valid_to)
 
     def relations(self, user_id: str, entity_ids: list[str] | None = None, current_only: bool = True,
-                  limit: int = 100) -> list[Relation]:
-        """A user's relations, optionally only those touching the given entities, newest first."""
+                  limit: int = 100, as_of: datetime | None = None) -> list[Relation]:
+        """A user's relations, optionally only those touching the given entities, newest first; with `as_of`,
+        those that were true at that moment instead of the current ones."""
         where = ["a.user_id = $u"]
         params: dict[str, Any] = {"u": user_id, "limit": limit}
-        if current_only:
+        if as_of is not None:
+            where.append("r.valid_from <= $at AND (r.valid_to IS NULL OR r.valid_to > $at)")
+            params["at"] = _naive(as_of)
+        elif current_only:
             where.append("r.valid_to IS NULL")
         if entity_ids is not None:
             if not entity_ids:

@@ -385,11 +385,20 @@ class Memory:
         relations = self.graph.relations(user_id, limit=max(1, int(limit)))
         return {"results": [r.to_result() for r in records], "relations": [r.to_result() for r in relations]}
 
-    def relations(self, *, user_id: str, include_invalid: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-        """The user's graph relations, newest first; with `include_invalid`, also those no longer true."""
+    def relations(self, *, user_id: str, include_invalid: bool = False, limit: int = 100,
+                  as_of: datetime | str | None = None) -> list[dict[str, Any]]:
+        """The user's graph relations, newest first; with `include_invalid`, also those no longer true; with
+        `as_of` (a datetime or ISO 8601 string), those that were true at that moment ("what did I like in March?")."""
         self._check_open()
         user_id = check_id(user_id, "user_id", required=True)
-        return [r.to_result() for r in self.graph.relations(user_id, current_only=not include_invalid, limit=limit)]
+        moment = None
+        if as_of is not None:
+            try:
+                moment = datetime.fromtimestamp(to_ms(as_of) / 1000, UTC)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"as_of must be a datetime or an ISO 8601 string: {exc}") from None
+        return [r.to_result() for r in self.graph.relations(user_id, current_only=not include_invalid, limit=limit,
+                                                            as_of=moment)]
 
     def history(self, memory_id: str) -> list[dict[str, Any]]:
         """Every ADD/UPDATE/DELETE of one memory, oldest first."""

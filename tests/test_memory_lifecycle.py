@@ -93,6 +93,24 @@ def test_contradiction_as_delete_and_add_keeps_the_old_fact_in_history(mem: Memo
     assert every[("u", "dislikes", "badminton")] is None
 
 
+def test_relations_as_of_a_moment_are_those_true_then(mem: Memory, model: PromptReadingModel) -> None:
+    model.push(LIKES_BADMINTON,
+               answer([update_op("Likes badminton", "Dislikes badminton", ("USER", "dislikes", "badminton"))],
+                      {"badminton": "activity"}))
+    mem.add("I like badminton", user_id="u", timestamp="2026-03-01T10:00:00Z")
+    mem.add("I dislike badminton now", user_id="u", timestamp="2026-06-01T10:00:00+00:00")
+
+    def true_at(moment: Any) -> list[tuple[str, str, str]]:
+        return triples(mem.relations(user_id="u", as_of=moment))
+
+    assert true_at("2026-02-01") == []
+    assert true_at("2026-04-15T08:00:00+02:00") == [("u", "likes", "badminton")]
+    assert true_at("2026-06-01T10:00:00Z") == [("u", "dislikes", "badminton")]  # the new one from that moment on
+    assert true_at(datetime(2026, 7, 1, tzinfo=UTC)) == triples(mem.relations(user_id="u"))
+    with pytest.raises(InputError, match="as_of"):
+        mem.relations(user_id="u", as_of="last spring")
+
+
 def test_a_relation_other_memories_still_state_stays_current(mem: Memory, model: PromptReadingModel) -> None:
     model.push(answer([add_op("Friend John enjoys hiking", ("John", "likes", "hiking"))]),
                answer([add_op("Went hiking with John, who loves it", ("John", "likes", "hiking"))]),
