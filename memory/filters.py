@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from memory.errors import InputError
+from memory.records import EXPIRY_KEY
 
 MAX_ID_CHARS = 256
 # Up to this many values, `any_of` writes `==` alternatives rather than an `in` list.
@@ -107,3 +108,8 @@ def combine(*expressions: str) -> str:
     """Join non-empty expressions with `and`, each in parentheses."""
     present = [e for e in expressions if e]
     return " and ".join(f"({e})" for e in present)
+
+
+def expiring() -> str:
+    """Rows that have an expiration date (a number at `metadata["expires_at"]`)."""
+    return f'metadata["{EXPIRY_KEY}"] >= 0'

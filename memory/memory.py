@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,12 @@ from memory.concurrency import running_beside
 from memory.config import MemoryConfig
 from memory.embeddings import cosine_range, embed, make_embedder, query_cores
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
-from memory.filters import check_encodable, check_id, combine, metadata_filter, scope_filter
+from memory.filters import check_encodable, check_id, combine, expiring, metadata_filter, scope_filter
 from memory.graph_store import Entity, KuzuGraphStore, names_user
 from memory.history import History
 from memory.llm import ask_structured, make_chat_model
 from memory.locking import DataDirLock
-from memory.records import MemoryRecord, Relation, normalize_text, now_ms, text_hash, to_ms
+from memory.records import EXPIRY_KEY, MemoryRecord, Relation, iso, normalize_text, now_ms, text_hash, to_ms
 from memory.search import DEFAULT_RECIPE, SearchRecipe, fuse, mentioned_entities, rank_relations
 from memory.vector_store import MAX_TEXT_BYTES, MilvusVectorStore
 from prompts import extract
@@ -87,6 +87,10 @@ class Memory:
         self._closed = False
         try:
             self._replay_journal()
+            # the earliest expiration date among each user's memories (see _forget_expired)
+            self._expiries: dict[str, int] = {}
+            for record in self.vectors.list(expiring(), "", None):
+                self._note_expiry(record.user_id, record.expires_at)
         except BaseException:
             self.close()
             raise
@@ -99,13 +103,16 @@ class Memory:
     # -- writing ------------------------------------------------------------------------------------------
     def add(self, messages: str | dict[str, str] | list[dict[str, str]], *, user_id: str,
             agent_id: str | None = None, run_id: str | None = None, metadata: dict[str, Any] | None = None,
-            infer: bool = True, timestamp: datetime | str | None = None) -> dict[str, Any]:
+            infer: bool = True, timestamp: datetime | str | None = None,
+            expiration_date: date | datetime | str | None = None) -> dict[str, Any]:
         """Remember what matters in `messages` for this user.
 
         With `infer=True` one LLM call extracts facts and decides ADD/UPDATE/DELETE against the related
         memories, plus entities and relations for the graph; each extracted memory keeps
         `metadata["source_ids"]`, the ids of the messages it came from (a message's optional "id" key, else its
         1-based position). With `infer=False` each message is stored verbatim, no LLM involved.
+        With `expiration_date` (a date: to the end of that day, UTC; or a moment) the memories this call stores
+        are forgotten once it has passed, as `delete` forgets.
         Returns `{"results": [{id, memory, event}], "relations": {...}}`.
         """
         self._check_open()
@@ -117,8 +124,11 @@ class Memory:
             when = to_ms(timestamp)
         except (TypeError, ValueError) as exc:
             raise InputError(f"timestamp must be a datetime or an ISO 8601 string: {exc}") from None
+        if expiration_date is not None:
+            metadata[EXPIRY_KEY] = _expiry_ms(expiration_date)
         if not turns:
             return {"results": [], "relations": {"added": [], "invalidated": []}}
+        self._forget_expired(user_id)
         created = now_ms()
         template = MemoryRecord(id="", user_id=user_id, text="", agent_id=agent_id, run_id=run_id,
                                 metadata=metadata, created_at=created, updated_at=created, event_time=when)
@@ -305,10 +315,11 @@ class Memory:
         query = query.strip()[:4000]
         if not query:
             return {"results": [], "relations": []}
+        self._forget_expired(user_id)
         ranked, (mentioned, relations) = self._rank_beside(lambda: self._graph_context(query, user_id), query, expr,
                                                            user_id, limit, graph_evidence=True)
-        if threshold is not None:
-            ranked = [(r, s) for r, s in ranked if s >= threshold]
+        now = now_ms()
+        ranked = [(r, s) for r, s in ranked if (threshold is None or s >= threshold) and not r.expired(now)]
         return {"results": [r.to_result(s) for r, s in ranked],
                 "relations": [r.to_result() for r in rank_relations(relations, query, mentioned, limit)]}
 
@@ -372,6 +383,9 @@ class Memory:
         """One memory by id, or None."""
         self._check_open()
         found = self.vectors.get([memory_id]) if isinstance(memory_id, str) and memory_id else []
+        if found and found[0].expired(now_ms()):
+            self._forget_expired(found[0].user_id)
+            return None
         return found[0].to_result() if found else None
 
     def get_all(self, *, user_id: str, agent_id: str | None = None, run_id: str | None = None, limit: int = 100,
@@ -381,7 +395,9 @@ class Memory:
         user_id = check_id(user_id, "user_id", required=True)
         agent_id, run_id = check_id(agent_id, "agent_id"), check_id(run_id, "run_id")
         expr = combine(scope_filter(user_id, agent_id, run_id), metadata_filter(filters))
-        records = self.vectors.list(expr, user_id, max(1, int(limit)))
+        self._forget_expired(user_id)
+        now = now_ms()
+        records = [r for r in self.vectors.list(expr, user_id, max(1, int(limit))) if not r.expired(now)]
         relations = self.graph.relations(user_id, limit=max(1, int(limit)))
         return {"results": [r.to_result() for r in records], "relations": [r.to_result() for r in relations]}
 
@@ -411,6 +427,7 @@ class Memory:
         graph's entities and relations (those no longer true included) and the history. `restore` loads it."""
         self._check_open()
         user_id = check_id(user_id, "user_id", required=True)
+        self._forget_expired(user_id)
         with self._user_lock(user_id):
             records = self.vectors.list(scope_filter(user_id), user_id, None)
             vectors = self.vectors.vectors([r.id for r in records])
@@ -435,7 +452,7 @@ class Memory:
             check_id(memory.agent_id or None, "agent_id")
             check_id(memory.run_id or None, "run_id")
             check_encodable(memory.text, "a memory's text")
-            _check_metadata(memory.metadata)
+            _check_metadata(memory.metadata, expiry=True)
             if len(memory.text.encode()) > MAX_TEXT_BYTES:
                 raise InputError(f"the export holds a memory of {len(memory.text)} characters, over the limit of "
                                  f"{MAX_TEXT_BYTES} bytes")
@@ -498,7 +515,36 @@ class Memory:
                     raise StoreError(f"a store failed while writing ({one_line(exc)}); the write is journaled and "
                                      "will be completed when the memory is next opened") from exc
             self.history_db.commit(plan["id"])
+            for upsert in plan["upserts"]:
+                self._note_expiry(plan["user_id"], MemoryRecord(**upsert["record"]).expires_at)
             return count
+
+    def _note_expiry(self, user_id: str, expires_at: int | None) -> None:
+        """Remember that one of this user's memories expires at `expires_at` (epoch ms; None: it does not)."""
+        if expires_at is not None:
+            with self._guard:
+                self._expiries[user_id] = min(self._expiries.get(user_id, expires_at), expires_at)
+
+    def _forget_expired(self, user_id: str) -> None:
+        """Forget the user's memories whose expiration date has passed, as `delete` does (vectors, the relations
+        only they supported, history). Costs one dictionary lookup while none is due."""
+        due = self._expiries.get(user_id)
+        if due is None or due > now_ms():
+            return
+        with self._user_lock(user_id):
+            now = now_ms()
+            expiring_records = self.vectors.list(combine(scope_filter(user_id), expiring()), user_id, None)
+            expired = [r.id for r in expiring_records if r.expired(now)]
+            if expired:
+                plan = pipeline.new_plan(user_id, "expiry", now)
+                plan["forget"].extend(expired)
+                self._commit(plan)
+            later = [r.expires_at for r in expiring_records if not r.expired(now)]
+            with self._guard:
+                if later:
+                    self._expiries[user_id] = min(later)
+                else:
+                    self._expiries.pop(user_id, None)
 
     def _replay_journal(self) -> None:
         """Apply the plans a crash left open, oldest first; set aside (with a warning) one that cannot be."""
@@ -607,17 +653,36 @@ def _attach_sources(plan: dict[str, Any], result: extract.ExtractionResult, turn
         record["metadata"] = {**metadata, "source_ids": merged[-MAX_SOURCE_IDS:]}
 
 
-def _check_metadata(metadata: Any) -> dict[str, Any]:
+def _check_metadata(metadata: Any, *, expiry: bool = False) -> dict[str, Any]:
+    """Metadata checked to be plain JSON with string keys; `EXPIRY_KEY` only where `expiry` (a restored memory)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InputError("metadata must be a dict with string keys")
+    if EXPIRY_KEY in metadata and not expiry:
+        raise InputError(f"the metadata key {EXPIRY_KEY!r} is reserved; give add(..., expiration_date=...)")
     try:
         json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError, UnicodeError) as exc:
         raise InputError(f"metadata must be plain JSON data (strings, numbers, booleans, lists, dicts): "
                          f"{one_line(exc)}") from None
     return dict(metadata)
+
+
+def _expiry_ms(expiration: date | datetime | str) -> int:
+    """An expiration date as epoch ms: a date (or "YYYY-MM-DD") lasts to the end of that day in UTC, a datetime
+    (or ISO 8601 string with a time) to that moment; one already past is refused."""
+    try:
+        if isinstance(expiration, str) and len(expiration.strip()) == 10:
+            expiration = date.fromisoformat(expiration.strip())
+        if isinstance(expiration, date) and not isinstance(expiration, datetime):
+            expiration = datetime.combine(expiration + timedelta(days=1), datetime.min.time(), UTC)
+        moment = to_ms(expiration)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expiration_date must be a date, a datetime or an ISO 8601 string: {exc}") from None
+    if moment <= now_ms():
+        raise InputError(f"expiration_date {iso(moment)} has already passed")
+    return moment
 
 
 def _conversation_day(timestamp: datetime | str | None, ms: int) -> str:

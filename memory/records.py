@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+# The metadata key holding when a memory expires (epoch ms; `Memory.add(expiration_date=...)`). Results show it
+# as their own `expires_at` field rather than in `metadata`.
+EXPIRY_KEY = "expires_at"
+
 
 @dataclass
 class MemoryRecord:
@@ -26,14 +30,28 @@ class MemoryRecord:
     event_time: int = 0
     hash: str = ""
 
+    @property
+    def expires_at(self) -> int | None:
+        """When this memory expires (epoch ms), or None if it does not."""
+        value = self.metadata.get(EXPIRY_KEY)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def expired(self, now: int) -> bool:
+        """Whether this memory's expiration date has passed at `now` (epoch ms)."""
+        expires = self.expires_at
+        return expires is not None and expires <= now
+
     def to_result(self, score: float | None = None) -> dict[str, Any]:
         """The public, Mem0-compatible shape of this memory."""
         result: dict[str, Any] = {"id": self.id, "memory": self.text}
         if score is not None:
             result["score"] = round(float(score), 4)
-        result.update({"metadata": dict(self.metadata), "created_at": iso(self.created_at),
+        metadata = {k: v for k, v in self.metadata.items() if k != EXPIRY_KEY}
+        result.update({"metadata": metadata, "created_at": iso(self.created_at),
                        "updated_at": iso(self.updated_at), "event_time": iso(self.event_time),
                        "user_id": self.user_id, "agent_id": self.agent_id or None, "run_id": self.run_id or None})
+        if self.expires_at is not None:
+            result["expires_at"] = iso(self.expires_at)
         return result
 
 

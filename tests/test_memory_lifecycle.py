@@ -354,6 +354,47 @@ def test_metadata_is_kept_and_filters_match_it(mem: Memory) -> None:
     assert mem.search("Berlin", user_id="u", filters={"session": 's1" or "1"=="1'})["results"] == []
 
 
+# -- expiration ----------------------------------------------------------------------------------------------
+def test_a_memory_is_forgotten_once_its_expiration_date_passes(mem: Memory, model: PromptReadingModel,
+                                                                data_dir: Path) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=3)
+    model.push(answer([add_op("Hotel room is 1207", ("USER", "stays_in", "room 1207"))], {"room 1207": "place"}))
+    room = mem.add("My hotel room is 1207", user_id="u", expiration_date=soon)["results"][0]
+    badge = mem.add("My conference badge number is 88", user_id="u", infer=False,
+                    expiration_date=soon.isoformat())["results"][0]
+    mem.add("I like green tea", user_id="u", infer=False, expiration_date="2099-12-31", metadata={"k": 1})
+    mem.add("I live in Lisbon", user_id="u", infer=False)
+    shown = mem.get(room["id"])
+    assert abs(datetime.fromisoformat(shown["expires_at"]) - soon) < timedelta(milliseconds=1)
+    tea = next(m for m in mem.get_all(user_id="u")["results"] if m["memory"] == "I like green tea")
+    assert tea["expires_at"] == "2100-01-01T00:00:00+00:00" and tea["metadata"] == {"k": 1, "role": "user"}
+    assert texts(mem.search("What is my hotel room?", user_id="u"))[0] == "Hotel room is 1207"
+    assert ("u", "stays_in", "room 1207") in triples(mem.relations(user_id="u"))
+
+    mem.close()
+    while datetime.now(UTC) <= soon:  # the expiry passes while the memory is closed: it must be known at open
+        threading.Event().wait(0.1)
+    with make_memory(data_dir) as reopened:
+        assert reopened.get(badge["id"]) is None
+        assert sorted(texts(reopened.get_all(user_id="u"))) == ["I like green tea", "I live in Lisbon"]
+        assert "Hotel room is 1207" not in texts(reopened.search("What is my hotel room?", user_id="u"))
+        assert reopened.relations(user_id="u", include_invalid=True) == []
+        assert reopened.history(room["id"]) == [] and reopened.history(badge["id"]) == []
+        assert reopened.history_db.pending() == []
+
+
+@pytest.mark.parametrize(("kwargs", "complaint"), [
+    ({"expiration_date": "2001-01-01"}, "already passed"),
+    ({"expiration_date": "next week"}, "expiration_date must be"),
+    ({"expiration_date": 17}, "expiration_date must be"),
+    ({"metadata": {"expires_at": 4102444800000}}, "reserved"),
+])
+def test_an_unusable_expiration_date_is_refused(mem: Memory, kwargs: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(InputError, match=complaint):
+        mem.add("I like chess", user_id="u", infer=False, **kwargs)
+    assert mem.get_all(user_id="u")["results"] == []
+
+
 # -- concurrency ---------------------------------------------------------------------------------------------
 def test_threads_adding_and_searching_at_once_lose_nothing(mem: Memory) -> None:
     start = threading.Barrier(4)
