@@ -84,11 +84,10 @@ class Memory:
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # see _query_vector
         self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memory-search")  # see _rank
         self._guard = threading.Lock()
+        self._expiries: dict[str, int] = {}  # the earliest expiration date of each user's memories (epoch ms)
         self._closed = False
         try:
             self._replay_journal()
-            # the earliest expiration date among each user's memories (see _forget_expired)
-            self._expiries: dict[str, int] = {}
             for record in self.vectors.list(expiring(), "", None):
                 self._note_expiry(record.user_id, record.expires_at)
         except BaseException:
@@ -297,6 +296,7 @@ class Memory:
             self.graph.reset()
             self.history_db.reset()
             self._versions.clear()
+            self._expiries.clear()
 
     # -- reading ------------------------------------------------------------------------------------------
     def search(self, query: str, *, user_id: str, agent_id: str | None = None, run_id: str | None = None,

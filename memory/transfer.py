@@ -137,10 +137,12 @@ def write_document(document: dict[str, Any], path: str | os.PathLike[str]) -> Pa
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, target)
-    except OSError as exc:
+    except BaseException as exc:  # a Ctrl-C too: no partial file is left behind
         with contextlib.suppress(OSError):
             partial.unlink()
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
     return target
 
 
