@@ -87,6 +87,9 @@ class KuzuGraphStore:
         discard_inputs(path + _REWRITE_SUFFIX)
         self._db, self._conn = open_database(path)
         self._statements: dict[str, kuzu.PreparedStatement] = {}
+        # users whose own node is known to exist: its MERGE, a write transaction (~4 ms), runs once per process
+        # rather than at every relation of "I"; forgotten wherever entities are deleted
+        self._user_nodes: set[str] = set()
 
     def _run(self, query: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         """Run one query; Kuzu's failure (a damaged file, a full disk) is a one-line `StoreError`."""
@@ -115,8 +118,11 @@ class KuzuGraphStore:
     def user_node(self, user_id: str) -> str:
         """The id of the node standing for the user themself (created on first use)."""
         node_id = "user:" + user_id
-        self._run("MERGE (e:Entity {id: $id}) ON CREATE SET e.user_id = $u, e.name = $u, e.norm = 'user', "
-                  "e.type = 'user', e.created_at = $t", {"id": node_id, "u": user_id, "t": _now()})
+        with self._lock:
+            if user_id not in self._user_nodes:
+                self._run("MERGE (e:Entity {id: $id}) ON CREATE SET e.user_id = $u, e.name = $u, e.norm = 'user', "
+                          "e.type = 'user', e.created_at = $t", {"id": node_id, "u": user_id, "t": _now()})
+                self._user_nodes.add(user_id)
         return node_id
 
     def resolve_entity(self, user_id: str, name: str, type_: str, embedding: np.ndarray | None) -> str:
@@ -269,17 +275,20 @@ class KuzuGraphStore:
                     self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id DELETE r", {"id": rel_id})
             self._run("MATCH (e:Entity) WHERE e.user_id = $u AND NOT EXISTS { MATCH (e)-[:RELATES]-() } "
                       "DELETE e", {"u": user_id})
+            self._user_nodes.discard(user_id)
 
     def delete_user(self, user_id: str) -> None:
         """Erase every node and edge of one user, from the database and from its files (see `purge`)."""
         with self._lock:
             self._run("MATCH (e:Entity) WHERE e.user_id = $u DETACH DELETE e", {"u": user_id})
+            self._user_nodes.discard(user_id)
             self.purge()
 
     def reset(self) -> None:
         """Erase the whole graph, files included."""
         with self._lock:
             self._run("MATCH (e:Entity) DETACH DELETE e")
+            self._user_nodes.clear()
             self.purge()
 
     def purge(self) -> None:

@@ -173,7 +173,8 @@ def test_delete_erases_the_text_and_the_relations_only_it_supported(mem: Memory,
     model.push(answer([add_op("Friend John has a dog named Tommy", ("USER", "friend_of", "John"),
                               ("John", "owns", "Tommy"))], {"John": "person", "Tommy": "animal"}),
                answer([add_op("Friend John enjoys hiking", ("USER", "friend_of", "John"),
-                              ("John", "likes", "hiking"))], {"John": "person", "hiking": "activity"}))
+                              ("John", "likes", "hiking"))], {"John": "person", "hiking": "activity"}),
+               answer([add_op("Likes tea", ("USER", "likes", "tea"))], {"tea": "food"}))
     dog = mem.add("My friend John has a dog named Tommy", user_id="u")["results"][0]["id"]
     hiking = mem.add("John enjoys hiking", user_id="u")["results"][0]["id"]
 
@@ -188,6 +189,10 @@ def test_delete_erases_the_text_and_the_relations_only_it_supported(mem: Memory,
     assert mem.get(hiking) is not None and len(mem.history(hiking)) == 1
     with pytest.raises(NotFoundError):
         mem.delete(dog)
+    mem.delete(hiking)  # the user's own node goes too, with its last relation; "I" must get it back
+    assert mem.graph.entities("u") == []
+    mem.add("I like tea", user_id="u")
+    assert triples(mem.relations(user_id="u")) == [("u", "likes", "tea")]
 
 
 def test_delete_all_erases_one_user_and_no_other(mem: Memory, model: PromptReadingModel) -> None:
