@@ -335,8 +335,9 @@ class Chat:
         from memory.transfer import write_document
 
         self.runtime.writer.wait(timeout=120)
-        document = self.runtime.memory.export(user_id=self.user_id)
-        written = write_document(document, path)
+        with self.console.status("Saving…"):
+            document = self.runtime.memory.export(user_id=self.user_id)
+            written = write_document(document, path)
         self.console.print(f"Saved {_count(len(document['memories']), 'memory', 'memories')} and "
                            f"{_count(len(document['relations']), 'relation', 'relations')} to {escape(str(written))}.")
 
@@ -346,7 +347,9 @@ class Chat:
 
         self.runtime.writer.wait(timeout=120)
         document = read_document(path)
-        with _sigint_deferred():  # a Ctrl-C ends the session once the file is loaded, not half-way through
+        # a Ctrl-C ends the session once the file is loaded, not half-way through; a file from another embedder
+        # is embedded anew, which takes a while (e5: ~25 memories a second on 2 cores)
+        with _sigint_deferred(), self.console.status("Loading…"):
             counts = self.runtime.memory.restore(document, user_id=self.user_id)
         had = f" ({counts['already_remembered']} I already had)" if counts["already_remembered"] else ""
         self.console.print(f"Loaded {_count(counts['memories'], 'memory', 'memories')}{had} and "
