@@ -1,5 +1,6 @@
-"""The Kuzu graph store on its own: a long-running process must not grow with every read and write, and an
-erasure whose rewrite of the file fails keeps the graph usable and says so."""
+"""The Kuzu graph store on its own: a long-running process must not grow with every read and write, an erasure
+whose rewrite of the file fails keeps the graph usable and says so, and a name embedded like an entity of its
+type is that entity."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def test_repeated_queries_do_not_grow_the_process(tmp_path: Path) -> None:
             graph.entities("alice")
         before = anonymous_mb()
         for number in range(1500):  # a few weeks of searches and adds of one busy chat
-            graph.entities("alice")
+            graph.entities("alice", vectors=True)  # with vectors: never from the store's cache
             graph.relations("alice")
+            graph.relations("alice", [hiking])
             graph.resolve_entity("alice", "hiking", "activity", vector)
+            assert graph.resolve_entity("alice", "trekking", "activity", vector) == hiking  # found by its vector
             graph.add_relation("alice", graph.user_node("alice"), "likes", hiking, f"m{number % 5}",
                                datetime.now(UTC))
         grown = anonymous_mb() - before
@@ -71,3 +74,39 @@ def test_an_erasure_whose_rewrite_fails_keeps_the_graph_and_warns(tmp_path: Path
     finally:
         graph.close()
     assert b"chess" not in Path(path).read_bytes()
+
+
+def unit(*values: float, dims: int = 384) -> np.ndarray:
+    """A unit vector starting with these values (the rest zeros)."""
+    vector = np.zeros(dims, dtype=np.float32)
+    vector[:len(values)] = values
+    return vector / np.linalg.norm(vector)
+
+
+def at_degrees(angle: float) -> np.ndarray:
+    """A unit vector at this angle in the plane of the first two dimensions."""
+    return unit(np.cos(np.radians(angle)), np.sin(np.radians(angle)))
+
+
+def test_a_name_embedded_like_an_entity_of_its_type_is_that_entity(tmp_path: Path) -> None:
+    graph = KuzuGraphStore(str(tmp_path / "graph.kuzu"))
+    try:
+        nyc = graph.resolve_entity("alice", "NYC", "city", unit(1, 0.3))
+        new_york = graph.resolve_entity("alice", "New York", "city", unit(1, 0.0))  # cosine 0.958 with NYC
+        assert new_york == nyc
+        york = graph.resolve_entity("alice", "York", "city", unit(1, 1))  # cosine 0.87 with NYC: another city
+        assert york != nyc
+        # two entities 40 degrees apart, and a name within 23 degrees (cosine 0.92) of both: the closer one wins
+        south = graph.resolve_entity("alice", "South", "place", at_degrees(-20))
+        north = graph.resolve_entity("alice", "North", "place", at_degrees(20))
+        assert south != north
+        assert graph.resolve_entity("alice", "Up There", "place", at_degrees(2)) == north
+        assert graph.resolve_entity("alice", "Nyc Band", "band", unit(1, 0.3)) != nyc  # another type
+        assert graph.resolve_entity("bob", "New York", "city", unit(1, 0.3)) != nyc  # another user
+        other_dims = graph.resolve_entity("alice", "Newark", "city", unit(1, 0.3, dims=512))  # another embedder
+        assert other_dims not in (nyc, york)
+        assert graph.resolve_entity("alice", "Gotham", "city", None) not in (nyc, york, other_dims)
+        assert sorted(e.name for e in graph.entities("alice")) == [
+            "Gotham", "NYC", "Newark", "North", "Nyc Band", "South", "York"]
+    finally:
+        graph.close()
