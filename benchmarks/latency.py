@@ -2,7 +2,7 @@
 
 Usage, from the repository root::
 
-    python -m benchmarks.latency [--memories 1000,10000] [--users 10] [--queries 200] [--json]
+    python -m benchmarks.latency [--memories 1000,10000] [--users 10] [--queries 200] [--entities 1000] [--json]
                                  [--embedding-model multilingual-e5-small | use-multilingual-v3]
 
 For each size N in `--memories` (ascending), every one of `--users` users holds N synthetic memories (added
@@ -21,7 +21,11 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
 - `peak_rss_mb`: peak resident memory of this process plus the Milvus Lite engine's child process (all users'
   stores open), read before the floor's numpy matrix exists; `engine_peak_rss_mb`: the engine's share;
 - `llm_calls_per_add`, `llm_calls_per_search`, `memory_context_tokens` (the recalled-memory block of the
-  prompt at default settings, estimated as characters / 4 for English text).
+  prompt at default settings, estimated as characters / 4 for English text);
+- last, once the searched user's graph holds `--entities` more entities (as years of conversations leave, each
+  related to the user; written by the graph store with their names embedded): `search_ms_p95_large_graph` and
+  `add_overhead_ms_p95_large_graph`, and `graph_entities`, how many the user's graph holds then (fewer than
+  asked for where the embedder finds two names alike enough to be one entity).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +182,19 @@ def time_turns(memory: Memory, model: InstantModel, user: str, queries: list[str
     return times, int(np.mean(tokens))
 
 
+def grow_graph(memory: Memory, user: str, count: int) -> int:
+    """Give the user's graph `count` more entities, each related to the user, through the graph store with the
+    names embedded (as `add` writes them); returns how many entities the user's graph holds."""
+    # varied names: near-identical ones would be merged into one entity (a cosine of 0.92 or more)
+    names = [f"{NAMES[i % len(NAMES)]}'s {THINGS[i // len(NAMES) % len(THINGS)]} club of "
+             f"{PLACES[i // len(NAMES) // len(THINGS) % len(PLACES)]} no. {i}" for i in range(count)]
+    graph, now = memory.graph, datetime.now(UTC)
+    me = graph.user_node(user)
+    for name, vector in zip(names, embed(memory.embedder, names), strict=True):
+        graph.add_relation(user, me, "member_of", graph.resolve_entity(user, name, "organization", vector), "", now)
+    return len(graph.entities(user))
+
+
 def cold_start(data_dir: Path, embedding_model: str) -> tuple[float, float]:
     """Seconds from starting `python -m agent` on a pty to its first prompt, and to the (offline) reply to a
     message typed at that prompt at once (the stores open in the background meanwhile)."""
@@ -216,8 +234,8 @@ def children_peak_rss_mb() -> float:
     return total_kb / 1024
 
 
-def run(sizes: list[int], n_users: int, n_queries: int,
-        embedding_model: str = LOCAL_EMBEDDER_MODEL) -> dict[str, Any]:
+def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = LOCAL_EMBEDDER_MODEL,
+        n_entities: int = 1000) -> dict[str, Any]:
     """The whole benchmark, with the local embedder `embedding_model`; returns the report."""
     report: dict[str, Any] = {"users": n_users, "sizes": sizes, "search_ms_p95_at": {}, "search_ms_p50_at": {}}
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
@@ -257,6 +275,11 @@ def run(sizes: list[int], n_users: int, n_queries: int,
         floor = time_floor(memory, texts[users[0]], queries)
         report["floor_ms_p50"] = round(percentile(floor, 50), 3)
         report["search_over_floor"] = round(report["search_ms_p50"] / report["floor_ms_p50"], 1)
+        if n_entities:
+            report["graph_entities"] = grow_graph(memory, users[0], n_entities)
+            report["search_ms_p95_large_graph"] = round(percentile(time_search(memory, users[0], queries), 95), 2)
+            adds, _ = time_adds(memory, model, users[0], 50)
+            report["add_overhead_ms_p95_large_graph"] = round(percentile(adds, 95), 2)
         memory.close()
         to_prompt, to_reply = cold_start(Path(tmp), embedding_model)
         report["cold_start_s"] = round(to_prompt, 2)
@@ -270,12 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memories", default="1000,10000", help="memories per user, comma-separated sizes")
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--entities", type=int, default=1000,
+                        help="entities added to the searched user's graph for the *_large_graph keys (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--embedding-model", choices=list(LOCAL_EMBEDDERS), default=LOCAL_EMBEDDER_MODEL,
                         help="the local embedder (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.memories.split(",") if s.strip()]
-    report = run(sizes, args.users, args.queries, args.embedding_model)
+    report = run(sizes, args.users, args.queries, args.embedding_model, args.entities)
     if args.json:
         print(json.dumps(report))
         return 0

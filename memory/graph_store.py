@@ -35,7 +35,6 @@ from memory.records import Relation, normalize_text
 log = logging.getLogger(__name__)
 
 USER_ALIASES = {"user", "i", "me", "my", "myself", "mine", "我", "我的", "自己", "本人"}
-SAME_ENTITY_COSINE = 0.92
 ENTITY_CACHE_USERS = 64
 
 _SCHEMA = [
@@ -81,8 +80,11 @@ class GraphStore(Protocol):
 class KuzuGraphStore:
     """Entities and relations in a Kuzu database directory; see the module docstring."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, same_entity_cosine: float = 0.92) -> None:
+        """Open (or create) the database at `path`; names embedded `same_entity_cosine` alike or closer (and of one
+        type) are one entity (see `memory.embeddings.same_entity_cosine`)."""
         self.path = path
+        self.same_entity_cosine = same_entity_cosine
         self._lock = threading.RLock()
         # a rewrite a crash interrupted: the original is still whole
         remove_database(path + _REWRITE_SUFFIX)
@@ -149,7 +151,7 @@ class KuzuGraphStore:
                     "MATCH (e:Entity) WHERE e.user_id = $u AND e.type = $t AND size(e.embedding) = $n WITH e, "
                     f"array_cosine_similarity(CAST(e.embedding AS FLOAT[{dims}]), CAST($v AS FLOAT[{dims}])) AS s "
                     "WHERE s >= $min RETURN e.id ORDER BY s DESC LIMIT 1",
-                    {"u": user_id, "t": type_, "n": dims, "v": embedding.tolist(), "min": SAME_ENTITY_COSINE})
+                    {"u": user_id, "t": type_, "n": dims, "v": embedding.tolist(), "min": self.same_entity_cosine})
                 if same:
                     return same[0][0]
             node_id = str(uuid.uuid4())

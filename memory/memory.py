@@ -31,7 +31,7 @@ from langchain_core.language_models import BaseChatModel
 from memory import pipeline, transfer
 from memory.concurrency import running_beside
 from memory.config import MemoryConfig
-from memory.embeddings import cosine_range, embed, make_embedder, query_cores
+from memory.embeddings import cosine_range, embed, make_embedder, query_cores, same_entity_cosine
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_encodable, check_id, combine, expiring, metadata_filter, scope_filter
 from memory.graph_store import Entity, KuzuGraphStore, names_user
@@ -72,7 +72,7 @@ class Memory:
                                              token=self.config.vector_store.token,
                                              db_name=self.config.vector_store.db_name,
                                              is_server=self.config.milvus_is_server)
-            self.graph = KuzuGraphStore(self.config.kuzu_path)
+            self.graph = KuzuGraphStore(self.config.kuzu_path, same_entity_cosine=same_entity_cosine(self.embedder))
             self.history_db = History(self.config.history_path)
         except BaseException:
             self._close_opened()

@@ -1,6 +1,6 @@
 """The Kuzu graph store on its own: a long-running process must not grow with every read and write, an erasure
-whose rewrite of the file fails keeps the graph usable and says so, and a name embedded like an entity of its
-type is that entity."""
+whose rewrite of the file fails keeps the graph usable and says so, a name embedded like an entity of its type
+is that entity, and each local embedder's threshold for "alike" keeps names of different things apart."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from memory import graph_copy
+from memory.embeddings import embed, shared_local_embedder
 from memory.graph_store import KuzuGraphStore
 
 
@@ -110,3 +111,33 @@ def test_a_name_embedded_like_an_entity_of_its_type_is_that_entity(tmp_path: Pat
             "Gotham", "NYC", "Newark", "North", "Nyc Band", "South", "York"]
     finally:
         graph.close()
+
+
+# Names of one thing, and names of different things that embedders find close (hand-picked: what a chat mentions)
+SAME_THING = [("NYC", "New York"), ("my mom", "my mother"), ("Mom", "mother"), ("the Eiffel Tower", "Eiffel Tower"),
+              ("Dr. Smith", "Dr Smith"), ("United States", "USA"), ("U.S.", "United States"), ("Beijing", "北京"),
+              ("Mt. Fuji", "Mount Fuji"), ("my dog Rex", "Rex"), ("Spider-Man", "Spiderman"), ("New York City", "NYC"),
+              ("Tokyo", "東京"), ("grandma", "grandmother"), ("LA", "Los Angeles"), ("Microsoft Corp", "Microsoft"),
+              ("Sarah's wedding", "Sarah's wedding ceremony"), ("JavaScript", "JS")]
+DIFFERENT_THINGS = [("green tea", "black tea"), ("Lyon", "Paris"), ("brother", "sister"), ("Monday", "Tuesday"),
+                    ("Tom", "Tim"), ("cat", "dog"), ("iPhone 14", "iPhone 15"), ("Bob", "Rob"),
+                    ("Alice's hiking club", "Bob's hiking club"), ("red wine", "white wine"), ("March", "May"),
+                    ("Java", "JavaScript"), ("Austria", "Australia"), ("Sweden", "Switzerland"), ("piano", "guitar"),
+                    ("Chen Wei", "Chen Li"), ("Google", "Google Maps"), ("coffee", "tea"), ("uncle", "aunt"),
+                    ("Harry Potter", "Harry Styles"), ("Ana", "Anna"), ("2023 trip to Japan", "2024 trip to Japan"),
+                    ("badminton", "tennis"), ("Kyoto", "Tokyo")]
+
+
+@pytest.mark.parametrize(("model", "merged_at_least"), [("multilingual-e5-small", 10), ("use-multilingual-v3", 1)])
+def test_names_of_different_things_are_never_one_entity(model: str, merged_at_least: int) -> None:
+    """With e5's old threshold of 0.92, 9 of these different things were one entity (cat and dog among them)."""
+    embedder = shared_local_embedder(model)
+
+    def cosines(pairs: list[tuple[str, str]]) -> list[float]:
+        left, right = embed(embedder, [a for a, _ in pairs]), embed(embedder, [b for _, b in pairs])
+        return [float(a @ b) for a, b in zip(left, right, strict=True)]
+
+    merged = [pair for pair, cosine in zip(DIFFERENT_THINGS, cosines(DIFFERENT_THINGS), strict=True)
+              if cosine >= embedder.same_entity_cosine]
+    assert merged == []
+    assert sum(cosine >= embedder.same_entity_cosine for cosine in cosines(SAME_THING)) >= merged_at_least

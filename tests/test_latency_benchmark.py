@@ -15,14 +15,15 @@ from memory.config import LOCAL_EMBEDDERS
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ["search_ms_p50", "search_ms_p95", "floor_ms_p50", "search_over_floor", "search_ms_p95_at", "add_raw_per_s",
         "add_overhead_ms_p95", "turn_overhead_ms_p95", "cold_start_s", "first_reply_s", "peak_rss_mb",
-        "llm_calls_per_add", "llm_calls_per_search", "memory_context_tokens"]
+        "llm_calls_per_add", "llm_calls_per_search", "memory_context_tokens", "search_ms_p95_large_graph",
+        "add_overhead_ms_p95_large_graph", "graph_entities"]
 
 
 @pytest.mark.parametrize("model", list(LOCAL_EMBEDDERS))
 def test_latency_benchmark_reports_every_key_as_json(model: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "MILVUS_", "EMBEDD"))}
     run = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--memories", "10,30", "--users", "2",
-                          "--queries", "10", "--embedding-model", model, "--json"],
+                          "--queries", "10", "--entities", "40", "--embedding-model", model, "--json"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
@@ -33,3 +34,4 @@ def test_latency_benchmark_reports_every_key_as_json(model: str) -> None:
     assert report["llm_calls_per_add"] == 1 and report["llm_calls_per_search"] == 0
     assert 0 < report["memory_context_tokens"] <= 1000
     assert 0 < report["cold_start_s"] < report["first_reply_s"]
+    assert report["graph_entities"] > 20

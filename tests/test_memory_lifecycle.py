@@ -134,6 +134,18 @@ def test_duplicate_fact_is_remembered_once(mem: Memory, model: PromptReadingMode
     assert [h["event"] for h in mem.history(first[0]["id"])] == ["ADD"]
 
 
+def test_two_things_with_close_names_stay_two_and_two_names_of_one_thing_are_one(
+        mem: Memory, model: PromptReadingModel) -> None:
+    model.push(answer([add_op("Likes green tea", ("USER", "likes", "green tea"))], {"green tea": "drink"}),
+               answer([add_op("Dislikes black tea", ("USER", "dislikes", "black tea"))], {"black tea": "drink"}),
+               answer([add_op("Lives in NYC", ("USER", "lives_in", "NYC"))], {"NYC": "city"}),
+               answer([add_op("Works in New York", ("USER", "works_in", "New York"))], {"New York": "city"}))
+    for said in ("I like green tea", "I don't like black tea", "I live in NYC", "I work in New York"):
+        mem.add(said, user_id="u")
+    assert sorted(triples(mem.relations(user_id="u"))) == [
+        ("u", "dislikes", "black tea"), ("u", "likes", "green tea"), ("u", "lives_in", "NYC"), ("u", "works_in", "NYC")]
+
+
 def test_update_by_hand_replaces_the_text_everywhere(mem: Memory) -> None:
     added = mem.add("Lives in Paris", user_id="u", infer=False)["results"][0]
     mem.add("Works as a baker", user_id="u", infer=False)
