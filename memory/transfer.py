@@ -3,9 +3,9 @@
 `Memory.export` writes what is remembered about a user (memories with their embeddings, the graph's entities and
 relations with their validity windows, the history of every change) as one document; `Memory.restore` loads such
 a document into any memory: the same one after a reset, a new data directory, another machine, or a Milvus server
-when a user outgrows Milvus Lite. Restoring is idempotent (the same ids are written again), never duplicates a
-memory the user already has (same text, same agent and run), and re-embeds the texts when the document's
-embedder is not the one in use. Restored under another user id, every id is mapped to a new one, so the original
+when a user outgrows Milvus Lite. Restoring never stores a memory the user already has (same text, same agent and
+run), so restoring twice changes nothing, and it re-embeds the texts when the document's embedder is not the one
+in use. Restored under another user id, every id is mapped to a new one, so the original
 user's memories in the same store are left alone.
 
 The document is plain JSON (`MemoryExport`); times of memories are epoch milliseconds, as stored.
