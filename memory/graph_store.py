@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import kuzu
 import numpy as np
 
+from memory.embeddings import DEFAULT_SAME_ENTITY_COSINE
 from memory.errors import StoreBusyError, StoreError, one_line
 from memory.graph_copy import copy_in_new_process, discard_inputs
 from memory.records import Relation, normalize_text
@@ -80,7 +81,7 @@ class GraphStore(Protocol):
 class KuzuGraphStore:
     """Entities and relations in a Kuzu database directory; see the module docstring."""
 
-    def __init__(self, path: str, *, same_entity_cosine: float = 0.92) -> None:
+    def __init__(self, path: str, *, same_entity_cosine: float = DEFAULT_SAME_ENTITY_COSINE) -> None:
         """Open (or create) the database at `path`; names embedded `same_entity_cosine` alike or closer (and of one
         type) are one entity (see `memory.embeddings.same_entity_cosine`)."""
         self.path = path
