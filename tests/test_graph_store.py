@@ -1,6 +1,7 @@
 """The Kuzu graph store on its own: a long-running process must not grow with every read and write, an erasure
 whose rewrite of the file fails keeps the graph usable and says so, a name embedded like an entity of its type
-is that entity, and each local embedder's threshold for "alike" keeps names of different things apart."""
+is that entity, each local embedder's threshold for "alike" keeps names of different things apart, and the current
+relations the store keeps in memory are the database's after every kind of write."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from memory import graph_copy
 from memory.embeddings import embed, shared_local_embedder
 from memory.graph_store import KuzuGraphStore
+from memory.records import Relation
 
 
 def anonymous_mb() -> float:
@@ -37,6 +39,7 @@ def test_repeated_queries_do_not_grow_the_process(tmp_path: Path) -> None:
             graph.entities("alice", vectors=True)  # with vectors: never from the store's cache
             graph.relations("alice")
             graph.relations("alice", [hiking])
+            graph.relations("alice", current_only=False)  # current ones come from memory; these from Kuzu
             graph.resolve_entity("alice", "hiking", "activity", vector)
             assert graph.resolve_entity("alice", "trekking", "activity", vector) == hiking  # found by its vector
             graph.add_relation("alice", graph.user_node("alice"), "likes", hiking, f"m{number % 5}",
@@ -75,6 +78,62 @@ def test_an_erasure_whose_rewrite_fails_keeps_the_graph_and_warns(tmp_path: Path
     finally:
         graph.close()
     assert b"chess" not in Path(path).read_bytes()
+
+
+def relation_rows(relations: list[Relation]) -> list[tuple]:
+    """What a user sees of relations, in a stable order (by id)."""
+    return sorted((r.id, r.source, r.source_type, r.relationship, r.destination, r.destination_type, r.valid_from,
+                   r.valid_to, tuple(r.memory_ids)) for r in relations)
+
+
+def test_the_current_relations_kept_in_memory_are_the_databases_after_every_write(tmp_path: Path) -> None:
+    path = str(tmp_path / "graph.kuzu")
+    graph = KuzuGraphStore(path)
+    now = datetime.now(UTC)
+    far = datetime(3000, 1, 1, tzinfo=UTC)  # "as of" a moment after everything: read from Kuzu, not from memory
+
+    def assert_kept_is_stored(user: str, *entities: str) -> list[tuple]:
+        for named in (None, *([e] for e in entities)):
+            kept = graph.relations(user, named, limit=1000)
+            assert relation_rows(kept) == relation_rows(graph.relations(user, named, limit=1000, as_of=far))
+            assert [r.valid_to for r in kept] == [None] * len(kept)
+        return relation_rows(graph.relations(user, limit=1000))
+
+    try:
+        me, bob_me = graph.user_node("alice"), graph.user_node("bob")
+        tea, chess, bob = (graph.resolve_entity("alice", name, kind, None)
+                           for name, kind in (("tea", "drink"), ("chess", "game"), ("Bob", "person")))
+        assert_kept_is_stored("alice")  # kept from here on
+        graph.add_relation("alice", me, "likes", tea, "m1", now)
+        graph.add_relation("alice", me, "likes", tea, "m2", now)  # the same relation: it gains m2
+        graph.add_relation("alice", me, "plays", chess, "m3", now)
+        graph.add_relation("alice", bob, "plays", chess, "m3", now)
+        graph.add_relation("bob", bob_me, "likes", graph.resolve_entity("bob", "tea", "drink", None), "b1", now)
+        assert [(r.relationship, r.destination, r.memory_ids) for r in graph.relations("alice", [tea])] == [
+            ("likes", "tea", ["m1", "m2"])]
+        assert_kept_is_stored("alice", me, tea, chess, bob)
+        graph.invalidate_memories("alice", ["m1"], now)  # "likes tea" is still stated by m2
+        graph.invalidate_memories("alice", ["m3"], now, keep={graph.relations("alice", [bob])[0].id})
+        assert [(r.source, r.relationship, r.memory_ids) for r in graph.relations("alice", [chess, tea])] == [
+            ("Bob", "plays", ["m3"]), ("alice", "likes", ["m2"])]
+        assert_kept_is_stored("alice", me, tea, chess, bob)
+        graph.invalidate([graph.relations("alice", [tea])[0].id], now)  # "likes tea" no longer true
+        graph.restore_relation(Relation(id="restored", source="alice", relationship="teaches", destination="chess",
+                                        valid_from=now, memory_ids=["m4"]), me, chess)
+        assert_kept_is_stored("alice", me, tea, chess, bob)
+        graph.forget_memories("alice", ["m4"])
+        graph.add_relation("alice", me, "likes", tea, "m5", now)  # true again: a new relation
+        kept = assert_kept_is_stored("alice", me, tea, chess, bob)
+        assert [(r.source, r.relationship, r.destination) for r in graph.relations("alice")] == [
+            ("alice", "likes", "tea"), ("Bob", "plays", "chess")]
+        assert [r.destination for r in graph.relations("bob")] == ["tea"]
+    finally:
+        graph.close()
+    graph = KuzuGraphStore(path)
+    try:
+        assert relation_rows(graph.relations("alice", limit=1000)) == kept  # read anew from the file
+    finally:
+        graph.close()
 
 
 def unit(*values: float, dims: int = 384) -> np.ndarray:
