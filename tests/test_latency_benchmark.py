@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 KEYS = ["search_ms_p50", "search_ms_p95", "floor_ms_p50", "search_over_floor", "search_ms_p95_at", "add_raw_per_s",
         "add_overhead_ms_p95", "turn_overhead_ms_p95", "cold_start_s", "first_reply_s", "peak_rss_mb",
         "llm_calls_per_add", "llm_calls_per_search", "memory_context_tokens", "search_ms_p95_large_graph",
-        "add_overhead_ms_p95_large_graph", "graph_entities"]
+        "add_overhead_ms_p95_large_graph", "graph_entities", "reopened_peak_rss_mb"]
 
 
 @pytest.mark.parametrize("model", list(LOCAL_EMBEDDERS))
@@ -34,4 +34,5 @@ def test_latency_benchmark_reports_every_key_as_json(model: str) -> None:
     assert report["llm_calls_per_add"] == 1 and report["llm_calls_per_search"] == 0
     assert 0 < report["memory_context_tokens"] <= 1000
     assert 0 < report["cold_start_s"] < report["first_reply_s"]
+    assert report["reopened_peak_rss_mb"] > 100  # the chat process and its engine were found and read
     assert report["graph_entities"] > 20
