@@ -16,10 +16,11 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
 - `add_overhead_ms_p95`: `add(infer=True)` with an instant scripted model (everything but the model);
 - `turn_overhead_ms_p95`: one agent turn (recall + respond + memorize hand-off) with instant models, as the
   user waits for it; the background memory write is waited for between turns, outside the timing;
-- `cold_start_s`: a new `python -m agent` process on a terminal (a pty) until its first prompt; `first_reply_s`:
-  until the (offline) reply to a message typed at that prompt at once, the stores opening in the background;
-  `reopened_peak_rss_mb`: that chat's peak resident memory with its Milvus Lite engine's, once it has replied (the
-  engine reads every row of the file when it opens, and holds more per row than after live inserts);
+- `cold_start_s`: a new `python -m agent` process on a terminal (a pty), on the benchmark's memory (every user's
+  rows), until its first prompt; `first_reply_s`: until the (offline) reply to a message typed at that prompt at
+  once, the stores opening in the background (the Milvus Lite engine reads every row of its file);
+  `reopened_peak_rss_mb`: that chat's peak resident memory with its engine's, once it has replied (the engine holds
+  more per row after reading its file than after live inserts);
 - `peak_rss_mb`: peak resident memory of this process plus the Milvus Lite engine's child process (all users'
   stores open), read before the floor's numpy matrix exists; `engine_peak_rss_mb`: the engine's share;
 - `llm_calls_per_add`, `llm_calls_per_search`, `memory_context_tokens` (the recalled-memory block of the
@@ -198,9 +199,9 @@ def grow_graph(memory: Memory, user: str, count: int) -> int:
 
 
 def cold_start(data_dir: Path, embedding_model: str) -> tuple[float, float, float]:
-    """Seconds from starting `python -m agent` on a pty to its first prompt, and to the (offline) reply to a
-    message typed at that prompt at once (the stores open in the background meanwhile); and the peak resident
-    memory (MB) of that chat process and its Milvus Lite engine once it has replied."""
+    """Seconds from starting `python -m agent` on the memory in `data_dir` on a pty to its first prompt, and to the
+    (offline) reply to a message typed at that prompt at once (the stores open in the background meanwhile); and the
+    peak resident memory (MB) of that chat process and its Milvus Lite engine once it has replied."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["MEMORY_DATA_DIR"] = str(data_dir)
@@ -289,7 +290,7 @@ def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = L
             adds, _ = time_adds(memory, model, users[0], 50)
             report["add_overhead_ms_p95_large_graph"] = round(percentile(adds, 95), 2)
         memory.close()
-        to_prompt, to_reply, chat_mb = cold_start(Path(tmp), embedding_model)
+        to_prompt, to_reply, chat_mb = cold_start(Path(config.data_dir), embedding_model)
         report["cold_start_s"] = round(to_prompt, 2)
         report["first_reply_s"] = round(to_reply, 2)
         report["reopened_peak_rss_mb"] = round(chat_mb, 1)
