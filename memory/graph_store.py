@@ -321,15 +321,15 @@ class KuzuGraphStore:
             edges[rel_id] = replace(edge, relation=replace(edge.relation, memory_ids=list(memory_ids)))
 
     def _stated_by(self, user_id: str, memory_ids: list[str], current_only: bool) -> list[tuple[str, list[str]]]:
-        """(relation id, its memory ids) of the user's relations stated by any of these memories.
+        """(relation id, its memory ids) of the user's relations (the current ones, from memory, or all) stated by any
+        of these memories.
 
         Filtered here rather than in Cypher: Kuzu 0.11 has no list intersection function."""
         wanted = set(memory_ids)
         if current_only:
             return [(e.relation.id, list(e.relation.memory_ids)) for e in self._current_edges(user_id).values()
                     if wanted.intersection(e.relation.memory_ids)]
-        rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u"
-                         + (" AND r.valid_to IS NULL" if current_only else "") + " RETURN r.id, r.memory_ids",
+        rows = self._run("MATCH (a:Entity)-[r:RELATES]->(:Entity) WHERE a.user_id = $u RETURN r.id, r.memory_ids",
                          {"u": user_id})
         return [(row[0], list(row[1] or [])) for row in rows if wanted.intersection(row[1] or [])]
 
