@@ -14,6 +14,8 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
   vectors, what no store can beat; `search_over_floor` = search_ms_p50 / floor_ms_p50;
 - `add_raw_per_s`: `add(infer=False)` throughput in memories per second;
 - `add_overhead_ms_p95`: `add(infer=True)` with an instant scripted model (everything but the model);
+- `update_overhead_ms_p95`: the same, where the model's answer updates a memory shown to it (its old row is
+  deleted from the collection, which costs Milvus Lite time in proportion to every user's rows);
 - `turn_overhead_ms_p95`: one agent turn (recall + respond + memorize hand-off) with instant models, as the
   user waits for it; the background memory write is waited for between turns, outside the timing;
 - `cold_start_s`: a new `python -m agent` process on a terminal (a pty), on the benchmark's memory (every user's
@@ -76,12 +78,16 @@ QUERIES = ["What do I like?", "Where does {name} live?", "When did I visit {plac
 EXTRACTION = json.dumps({"memories": [{"event": "ADD", "text": "Enjoys {thing} with {name}", "relations": [
     {"source": "USER", "relationship": "enjoys", "destination": "{thing}"}]}],
     "entities": [{"name": "{thing}", "type": "activity"}]})
+# The same fact as an update of the first memory shown (a contradiction or a refinement of what was remembered).
+UPDATE = EXTRACTION.replace('"event": "ADD"', '"event": "UPDATE", "id": 0')
 
 
 class InstantModel(BaseChatModel):
-    """Answers at once: a fixed chat reply, or a valid extraction when asked to extract."""
+    """Answers at once: a fixed chat reply, or a valid extraction when asked to extract (an update of the first
+    memory shown when `updates`)."""
 
     calls: int = 0
+    updates: bool = False
 
     @property
     def _llm_type(self) -> str:
@@ -92,7 +98,8 @@ class InstantModel(BaseChatModel):
         self.calls += 1
         if "long-term memory of an assistant" in str(messages[0].content):
             rng = random.Random(self.calls)
-            text = EXTRACTION.replace("{thing}", rng.choice(THINGS)).replace("{name}", rng.choice(NAMES))
+            text = (UPDATE if self.updates else EXTRACTION).replace("{thing}", rng.choice(THINGS)).replace(
+                "{name}", rng.choice(NAMES))
         else:
             text = "Sure, noted."
         return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
@@ -154,14 +161,19 @@ def time_floor(memory: Memory, texts: list[str], queries: list[str]) -> list[flo
     return times
 
 
-def time_adds(memory: Memory, model: InstantModel, user: str, n: int) -> tuple[list[float], float]:
-    """add(infer=True) times with the instant model (ms), and LLM calls per add."""
-    before, times = model.calls, []
+def time_adds(memory: Memory, model: InstantModel, user: str, n: int,
+              expect: str | None = None) -> tuple[list[float], float]:
+    """add(infer=True) times with the instant model (ms), and LLM calls per add; with `expect`, the adds must have
+    made that event (or NONE, where the text was remembered already), else the benchmark timed something else."""
+    before, times, events = model.calls, [], set()
     rng = random.Random(7)
     for _ in range(n):
         began = time.perf_counter()
-        memory.add(f"I really enjoy {rng.choice(THINGS)} with {rng.choice(NAMES)}.", user_id=user)
+        result = memory.add(f"I really enjoy {rng.choice(THINGS)} with {rng.choice(NAMES)}.", user_id=user)
         times.append((time.perf_counter() - began) * 1000)
+        events.update(r["event"] for r in result["results"])
+    if expect and (expect not in events or events - {expect, "NONE"}):
+        raise RuntimeError(f"adds timed as {expect} made {sorted(events)}")
     return times, (model.calls - before) / n
 
 
@@ -284,6 +296,10 @@ def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = L
         floor = time_floor(memory, texts[users[0]], queries)
         report["floor_ms_p50"] = round(percentile(floor, 50), 3)
         report["search_over_floor"] = round(report["search_ms_p50"] / report["floor_ms_p50"], 1)
+        model.updates = True
+        updates, _ = time_adds(memory, model, users[0], 20, expect="UPDATE")
+        model.updates = False
+        report["update_overhead_ms_p95"] = round(percentile(updates, 95), 2)
         if n_entities:
             report["graph_entities"] = grow_graph(memory, users[0], n_entities)
             report["search_ms_p95_large_graph"] = round(percentile(time_search(memory, users[0], queries), 95), 2)
