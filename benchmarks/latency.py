@@ -251,8 +251,14 @@ def peak_rss_mb(pid: int) -> float:
 def children_peak_rss_mb(pid: int | None = None) -> float:
     """The summed peak resident memory of a process' children (this one's by default: the Milvus Lite engine)."""
     pid = os.getpid() if pid is None else pid
-    return sum(peak_rss_mb(int(child)) for children in Path(f"/proc/{pid}/task").glob("*/children")
-               for child in children.read_text().split())
+    total = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            listed = children.read_text().split()
+        except OSError:  # the thread ended meanwhile (its children, if any, moved to another thread of the process)
+            continue
+        total += sum(peak_rss_mb(int(child)) for child in listed)
+    return total
 
 
 def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = LOCAL_EMBEDDER_MODEL,
