@@ -249,15 +249,17 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def children_peak_rss_mb(pid: int | None = None) -> float:
-    """The summed peak resident memory of a process' children (this one's by default: the Milvus Lite engine)."""
+    """The summed peak resident memory of a process' children (this one's by default: the Milvus Lite engine), found
+    by their parent id in /proc (a child of a thread that has ended moves to another thread of the process)."""
     pid = os.getpid() if pid is None else pid
     total = 0.0
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+    for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            listed = children.read_text().split()
-        except OSError:  # the thread ended meanwhile (its children, if any, moved to another thread of the process)
+            text = status.read_text()
+        except OSError:  # gone meanwhile
             continue
-        total += sum(peak_rss_mb(int(child)) for child in listed)
+        if next((line.split()[1] for line in text.splitlines() if line.startswith("PPid:")), "") == str(pid):
+            total += peak_rss_mb(int(status.parent.name))
     return total
 
 
