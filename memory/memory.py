@@ -236,8 +236,8 @@ class Memory:
                  for name in (rel.source, rel.destination)
                  if not names_user(name) and normalize_text(name) not in context["known_names"]]
         unique = list(dict.fromkeys([*texts, *names]))
-        with running_beside(self._workers, self.vectors.known_hashes, template.user_id, context["scope"],
-                            [text_hash(t) for t in texts]) as hashes:
+        with running_beside(self._workers, self.vectors.known_hashes, template.user_id,
+                            [text_hash(t) for t in texts], template.agent_id, template.run_id) as hashes:
             vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
         existing_hashes = hashes.result()
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())

@@ -79,11 +79,12 @@ def add_delete(plan: dict[str, Any], record: MemoryRecord) -> None:
 
 def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[MemoryRecord],
                     shown_relations: list[Relation], template: MemoryRecord, vectors: dict[str, np.ndarray],
-                    existing_hashes: set[str]) -> list[dict[str, Any]]:
+                    existing_hashes: dict[str, str]) -> list[dict[str, Any]]:
     """Fill a plan from the model's decisions; return the public `results` list.
 
     `vectors` maps every memory text and entity name of the answer to its embedding; `template` carries the
-    scope and times of new records; duplicates of remembered texts become NONE events.
+    scope and times of new records; `existing_hashes` maps the fingerprints of remembered texts to a memory holding
+    each: duplicates of those become NONE events naming that memory.
     """
     results: list[dict[str, Any]] = []
     plan["valid_time"] = template.event_time  # relations start (and stop) being true when the conversation says so
@@ -101,8 +102,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
             continue
         digest = text_hash(text)
         if op.event == "ADD" and digest in existing_hashes:
-            twin = next((m for m in shown if m.hash == digest), None)
-            results.append({"id": twin.id if twin else None, "memory": text, "event": "NONE"})
+            results.append({"id": existing_hashes[digest], "memory": text, "event": "NONE"})
             continue
         if op.event == "UPDATE":
             old = shown[op.id]
@@ -119,7 +119,7 @@ def plan_extraction(plan: dict[str, Any], result: ExtractionResult, shown: list[
             record = MemoryRecord(**{**template.__dict__, "id": str(uuid.uuid4()), "text": text, "hash": digest})
             add_upsert(plan, record, vectors[text], "ADD", None)
             results.append({"id": record.id, "memory": text, "event": "ADD"})
-        existing_hashes.add(digest)
+        existing_hashes[digest] = record.id
         for rel in op.relations:
             plan["relations"].append({
                 "source": rel.source.strip(), "source_type": types.get(rel.source.strip(), "thing"),
