@@ -63,7 +63,7 @@ from agent.nodes import system_prompt
 from agent.writer import MemoryWriter
 from memory import Memory, MemoryConfig
 from memory.config import LOCAL_EMBEDDER_MODEL, LOCAL_EMBEDDERS
-from memory.embeddings import embed, query_cores
+from memory.embeddings import cores_for, embed
 
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
 PLACES = ["Paris", "Lyon", "Oslo", "Kyoto", "Lima", "Cairo", "Austin", "Porto", "Seoul", "Dublin"]
@@ -153,7 +153,7 @@ def time_floor(memory: Memory, texts: list[str], queries: list[str]) -> list[flo
     times = []
     for query in queries:
         began = time.perf_counter()
-        vector = embed(memory.embedder, [query], query=True, cores=query_cores(memory.embedder, query))[0]
+        vector = embed(memory.embedder, [query], query=True, cores=cores_for(memory.embedder, [query], query=True))[0]
         scores = matrix @ vector
         top = np.argpartition(-scores, 10)[:10]
         top[np.argsort(-scores[top])]

@@ -36,9 +36,11 @@ DEFAULT_SAME_ENTITY_COSINE = 0.92
 # Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
 # passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
 ENCODE_BATCH = 32
-# Queries this long (in e5 tokens, prefix included) are embedded on two cores when one is idle: ~1.2 ms a token on
-# one core, and two halve the part above ~4 ms. Shorter ones gained nothing once the searches around them ran.
-# (8 tokens, tried on a slower VM: better p50, but a worse p95 right after a bulk ingest; see README "Speed".)
+# Texts this long together (in e5 tokens, prefixes included) are embedded on two cores when one is idle: ~1.2 ms a
+# token on one core, and two halve the part above ~4 ms. Shorter queries gained nothing once the searches around
+# them ran. (8 tokens, tried on a slower VM: better p50, but a worse p95 right after a bulk ingest; see README
+# "Speed".) An add's new facts and names, embedded with nothing beside them: 16 tokens 19.5-26 -> 14 ms, 38 tokens
+# 43 -> 30 ms.
 E5_TWO_CORE_TOKENS = 14
 
 
@@ -63,7 +65,7 @@ class LocalEmbedder(Embeddings):
 
     def embed_array(self, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
         """Embed texts (search queries when `query`) into a float32 array of shape (n, dims), on `cores` cores
-        where the model can split its work (see `query_cores`)."""
+        where the model can split its work (see `cores_for`)."""
         texts = list(texts)
         parts = [np.zeros((0, self.dims), dtype=np.float32)]
         for start in range(0, len(texts), ENCODE_BATCH):
@@ -73,8 +75,9 @@ class LocalEmbedder(Embeddings):
             parts.append(np.asarray(array, dtype=np.float32).reshape(len(batch), self.dims))
         return np.concatenate(parts)
 
-    def query_cores(self, text: str) -> int:
-        """How many cores embedding the query `text` should take now (1 unless the model gains from more)."""
+    def cores_for(self, texts: list[str], *, query: bool = False) -> int:
+        """How many cores embedding `texts` (queries when `query`) should take now (1 unless the model gains from
+        more)."""
         return 1
 
     def _encode(self, texts: list[str], query: bool, cores: int) -> np.ndarray:
@@ -100,13 +103,14 @@ class E5Embedder(LocalEmbedder):
         # One OpenMP thread by default: the engine splits every layer into parallel regions, and each region
         # waits at a barrier for its slowest thread. When another thread or process holds a core, that wait
         # turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores. A long
-        # query takes a second thread only when a core is idle as it starts (`query_cores`).
+        # query takes a second thread only when a core is idle as it starts (`cores_for`).
         self._model = E5(num_threads=1)
         self._set_threads = _openmp_thread_setter()
 
-    def query_cores(self, text: str) -> int:
-        """2 for a query of `E5_TWO_CORE_TOKENS` or more while a core is idle, else 1."""
-        if self._set_threads is None or self._model.token_count(text, True) < E5_TWO_CORE_TOKENS:
+    def cores_for(self, texts: list[str], *, query: bool = False) -> int:
+        """2 for texts of `E5_TWO_CORE_TOKENS` or more together while a core is idle, else 1."""
+        if self._set_threads is None or len(texts) > ENCODE_BATCH or sum(
+                self._model.token_count(text, query) for text in texts) < E5_TWO_CORE_TOKENS:
             return 1
         return 2 if idle_core() else 1
 
@@ -244,14 +248,15 @@ def cosine_range(embedder: Embeddings) -> tuple[float, float]:
     return tuple(getattr(embedder, "cosine_range", DEFAULT_COSINE_RANGE))  # type: ignore[return-value]
 
 
-def query_cores(embedder: Embeddings, text: str) -> int:
-    """How many cores embedding the query `text` should take now (1 for any embedder but the local e5)."""
-    return embedder.query_cores(text) if isinstance(embedder, LocalEmbedder) else 1
+def cores_for(embedder: Embeddings, texts: list[str], *, query: bool = False) -> int:
+    """How many cores embedding `texts` (queries when `query`) should take now (1 for any embedder but the local
+    e5). For a few texts that nothing else runs beside: a large batch stays on one core (see `E5Embedder`)."""
+    return embedder.cores_for(texts, query=query) if isinstance(embedder, LocalEmbedder) else 1
 
 
 def embed(embedder: Embeddings, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
     """Embed texts (search queries when `query`) with any embedder into unit-norm float32 rows (cosine = dot);
-    `cores` is a local model's share of the machine (see `query_cores`)."""
+    `cores` is a local model's share of the machine (see `cores_for`)."""
     if isinstance(embedder, LocalEmbedder):
         array = embedder.embed_array(texts, query=query, cores=cores)
     elif query:

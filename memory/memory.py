@@ -31,7 +31,7 @@ from langchain_core.language_models import BaseChatModel
 from memory import pipeline, transfer
 from memory.concurrency import running_beside
 from memory.config import MemoryConfig
-from memory.embeddings import cosine_range, embed, make_embedder, query_cores, same_entity_cosine
+from memory.embeddings import cores_for, cosine_range, embed, make_embedder, same_entity_cosine
 from memory.errors import InputError, LLMNotConfiguredError, NotFoundError, StoreError, one_line
 from memory.filters import check_encodable, check_id, combine, expiring, metadata_filter, scope_filter
 from memory.graph_store import Entity, KuzuGraphStore, names_user
@@ -238,7 +238,9 @@ class Memory:
         unique = list(dict.fromkeys([*texts, *names]))
         with running_beside(self._workers, self.vectors.known_hashes, template.user_id,
                             [text_hash(t) for t in texts], template.agent_id, template.run_id) as hashes:
-            vectors = dict(zip(unique, embed(self.embedder, unique), strict=True)) if unique else {}
+            # the fingerprints are in memory on Milvus Lite: the embedding has the machine to itself
+            cores = cores_for(self.embedder, unique)
+            vectors = dict(zip(unique, embed(self.embedder, unique, cores=cores), strict=True)) if unique else {}
         existing_hashes = hashes.result()
         plan = pipeline.new_plan(template.user_id, "llm", now_ms())
         results = pipeline.plan_extraction(plan, result, shown, shown_relations, template, vectors, existing_hashes)
@@ -333,7 +335,8 @@ class Memory:
                      graph_evidence: bool) -> tuple[list[tuple[MemoryRecord, float]], GraphPart]:
         """`_rank`, with the graph reads `graph_part` in a worker meanwhile (while the query is embedded); their
         relations count as graph evidence when `graph_evidence`. Returns the ranking and the graph part's result."""
-        cores = query_cores(self.embedder, query)  # asked before the graph worker starts, which takes a core
+        # asked before the graph worker starts, which takes a core
+        cores = cores_for(self.embedder, [query], query=True)
         with running_beside(self._workers, graph_part) as graph:
             ranked = self._rank(query, expr, user_id, limit, graph if graph_evidence else None, cores=cores)
         return ranked, graph.result()

@@ -1,4 +1,5 @@
-"""The local e5 embedder: a long query may take both cores when one is idle, and gets the same vector."""
+"""The local e5 embedder: long queries, or an add's new facts together, may take both cores when one is idle, and get
+the same vectors."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def test_a_long_query_takes_both_cores_only_while_one_is_idle(monkeypatch: pytes
     e5 = shared_local_embedder()
     assert e5._model.token_count(LONG, True) >= E5_TWO_CORE_TOKENS > e5._model.token_count(SHORT, True)
     monkeypatch.setattr(embeddings, "idle_core", lambda: True)
-    assert (e5.query_cores(LONG), e5.query_cores(SHORT)) == (2, 1)
+    assert (e5.cores_for([LONG], query=True), e5.cores_for([SHORT], query=True)) == (2, 1)
+    assert e5.cores_for([SHORT] * 8) == 2  # an add's facts and names count together
+    assert e5.cores_for([LONG] * 100) == 1  # a bulk ingest stays on one core
     monkeypatch.setattr(embeddings, "idle_core", lambda: False)
-    assert e5.query_cores(LONG) == 1
+    assert e5.cores_for([LONG], query=True) == 1
 
 
 def test_two_cores_give_the_same_query_vector() -> None:
