@@ -141,38 +141,52 @@ class VectorStore(Protocol):
 
 
 class _Fingerprints:
-    """One user's stored text fingerprints: each memory's hash and scope, found by hash."""
+    """One user's stored text fingerprints: each memory's hash and scope, found by hash. Held in a few flat
+    dictionaries of strings, not an object per memory: the cyclic GC would scan those at every full collection."""
 
     def __init__(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._by_hash: dict[str, dict[str, tuple[str, str]]] = {}
-        self._hash_of: dict[str, str] = {}
+        self._hash_of: dict[str, str] = {}  # memory id -> hash
+        self._holders: dict[str, str | tuple[str, ...]] = {}  # hash -> the id (or ids) of the memories with it
+        self._scope_of: dict[str, tuple[str, str]] = {}  # memory id -> (agent_id, run_id), where one is set
         for row in rows:
             self.put(row)
 
     def put(self, row: dict[str, Any]) -> None:
         """Note a row written (a replaced row's old hash goes)."""
-        self.drop(row["id"])
-        self._by_hash.setdefault(row["hash"], {})[row["id"]] = (row["agent_id"], row["run_id"])
-        self._hash_of[row["id"]] = row["hash"]
+        memory_id, digest = row["id"], row["hash"]
+        self.drop(memory_id)
+        held = self._holders.get(digest)
+        self._holders[digest] = memory_id if held is None else (*_ids(held), memory_id)
+        self._hash_of[memory_id] = digest
+        if row["agent_id"] or row["run_id"]:
+            self._scope_of[memory_id] = (row["agent_id"], row["run_id"])
 
     def drop(self, memory_id: str) -> None:
         """Forget a deleted row."""
         digest = self._hash_of.pop(memory_id, None)
-        if digest is not None:
-            holders = self._by_hash[digest]
-            del holders[memory_id]
-            if not holders:
-                del self._by_hash[digest]
+        if digest is None:
+            return
+        self._scope_of.pop(memory_id, None)
+        rest = tuple(i for i in _ids(self._holders[digest]) if i != memory_id)
+        if rest:
+            self._holders[digest] = rest[0] if len(rest) == 1 else rest
+        else:
+            del self._holders[digest]
 
     def known(self, hashes: list[str], agent_id: str, run_id: str) -> dict[str, str]:
         """Which of `hashes` a memory within the scope has, each with the id of one such memory."""
         found = {}
         for digest in hashes:
-            for memory_id, (agent, run) in self._by_hash.get(digest, {}).items():
+            for memory_id in _ids(self._holders.get(digest, ())):
+                agent, run = self._scope_of.get(memory_id, ("", ""))
                 if (not agent_id or agent == agent_id) and (not run_id or run == run_id):
                     found[digest] = memory_id
                     break
         return found
+
+
+def _ids(held: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (held,) if isinstance(held, str) else held
 
 
 class MilvusVectorStore:
