@@ -134,34 +134,39 @@ def test_duplicate_fact_is_remembered_once(mem: Memory, model: PromptReadingMode
     assert [h["event"] for h in mem.history(first[0]["id"])] == ["ADD"]
 
 
-def test_a_fact_is_a_duplicate_exactly_while_a_memory_of_its_scope_says_it(data_dir: Path, mem: Memory,
-                                                                           model: PromptReadingModel) -> None:
-    def add(user: str = "u", agent: str | None = "a", text: str = "Likes tea") -> tuple[str, str]:
-        model.push(answer([add_op(text)]))  # the model repeats a known fact instead of leaving it out
-        [result] = mem.add(f"About {text}", user_id=user, agent_id=agent)["results"]
-        return result["event"], result["id"]
+def remembered_again(mem: Memory, model: PromptReadingModel, text: str, user: str = "u",
+                     agent: str | None = "a") -> tuple[str, str]:
+    """The event and id of an add whose model repeats `text` as a new fact (models do, instead of leaving it out)."""
+    model.push(answer([add_op(text)]))
+    [result] = mem.add(f"About {text}", user_id=user, agent_id=agent)["results"]
+    return result["event"], result["id"]
 
-    event, first = add()
+
+def test_a_fact_is_a_duplicate_exactly_while_a_memory_of_its_scope_says_it(mem: Memory,
+                                                                           model: PromptReadingModel) -> None:
+    event, first = remembered_again(mem, model, "Likes tea")
     assert event == "ADD"
-    assert add() == ("NONE", first)
-    event, of_b = add(agent="b")
-    assert event == "ADD" and add(user="v")[0] == "ADD"  # another agent's or user's memory is not it
-    event, twin = add(agent=None)
+    assert remembered_again(mem, model, "Likes tea") == ("NONE", first)
+    event, of_b = remembered_again(mem, model, "Likes tea", agent="b")
+    assert event == "ADD" and remembered_again(mem, model, "Likes tea", user="v")[0] == "ADD"  # not theirs
+    event, twin = remembered_again(mem, model, "Likes tea", agent=None)
     assert event == "NONE" and twin in (first, of_b)  # a user-wide add sees every agent's memories
     mem.delete(first)
-    event, second = add()
+    event, second = remembered_again(mem, model, "Likes tea")
     assert event == "ADD" and second != first
     mem.update(second, "Likes coffee")
-    assert add(text="Likes coffee") == ("NONE", second)
-    assert add()[0] == "ADD"  # the text the update replaced is no longer remembered
+    assert remembered_again(mem, model, "Likes coffee") == ("NONE", second)
+    assert remembered_again(mem, model, "Likes tea")[0] == "ADD"  # the text the update replaced is gone
+    mem.delete_all(user_id="u")
+    assert remembered_again(mem, model, "Likes coffee")[0] == "ADD"
+
+
+def test_a_reopened_memory_still_knows_what_it_remembers(data_dir: Path, mem: Memory,
+                                                          model: PromptReadingModel) -> None:
+    _, first = remembered_again(mem, model, "Likes tea")
     mem.close()
     with make_memory(data_dir, model) as reopened:
-        model.push(answer([add_op("Likes coffee")]))
-        assert [(r["event"], r["id"]) for r in reopened.add("coffee", user_id="u", agent_id="a")["results"]] == [
-            ("NONE", second)]
-        reopened.delete_all(user_id="u")
-        model.push(answer([add_op("Likes coffee")]))
-        assert [r["event"] for r in reopened.add("coffee", user_id="u", agent_id="a")["results"]] == ["ADD"]
+        assert remembered_again(reopened, model, "Likes tea") == ("NONE", first)
 
 
 def test_two_things_with_close_names_stay_two_and_two_names_of_one_thing_are_one(

@@ -163,6 +163,7 @@ LIFECYCLE_CASES: list[Callable[..., None]] = [
     lifecycle.test_contradiction_invalidates_the_old_relation_even_when_the_model_does_not_list_it,
     lifecycle.test_contradiction_as_delete_and_add_keeps_the_old_fact_in_history,
     lifecycle.test_duplicate_fact_is_remembered_once,
+    lifecycle.test_a_fact_is_a_duplicate_exactly_while_a_memory_of_its_scope_says_it,
     lifecycle.test_update_by_hand_replaces_the_text_everywhere,
     lifecycle.test_history_records_every_change_oldest_first,
     lifecycle.test_delete_erases_the_text_and_the_relations_only_it_supported,
