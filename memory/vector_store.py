@@ -130,6 +130,8 @@ class VectorStore(Protocol):
     def vectors(self, ids: list[str]) -> dict[str, np.ndarray]: ...
     def known_hashes(self, user_id: str, hashes: list[str], agent_id: str = "",
                      run_id: str = "") -> dict[str, str]: ...
+    def fingerprints_kept(self, user_id: str) -> bool: ...
+    def keep_fingerprints(self, user_id: str) -> None: ...
     def delete(self, ids: list[str], user_id: str) -> None: ...
     def delete_user(self, user_id: str) -> int: ...
     def list(self, expr: str, user_id: str, limit: int) -> list[MemoryRecord]: ...
@@ -412,14 +414,30 @@ class MilvusVectorStore:
             if self.is_server:
                 wanted = combine(scope_filter(user_id, agent_id, run_id), any_of("hash", hashes))
                 return {row["hash"]: row["id"] for row in self._query(wanted, ["hash", "id"], limit=None)}
-            kept = self._fingerprints.get(user_id)
-            if kept is None:
-                kept = _Fingerprints(self._query(scope_filter(user_id), FINGERPRINT_FIELDS, limit=None))
-                self._fingerprints[user_id] = kept
-                while len(self._fingerprints) > FINGERPRINT_USERS:
-                    self._fingerprints.popitem(last=False)
-            self._fingerprints.move_to_end(user_id)
-            return kept.known(hashes, agent_id, run_id)
+            return self._kept(user_id).known(hashes, agent_id, run_id)
+
+    def fingerprints_kept(self, user_id: str) -> bool:
+        """Whether `known_hashes` for this user answers from memory, without asking the engine."""
+        with self._lock:
+            return user_id in self._fingerprints
+
+    def keep_fingerprints(self, user_id: str) -> None:
+        """Read the user's text fingerprints into memory now, where this store keeps them (Milvus Lite), so that the
+        user's next add does not wait for them."""
+        with self._lock:
+            if not self.is_server:
+                self._kept(user_id)
+
+    def _kept(self, user_id: str) -> _Fingerprints:
+        """The user's kept fingerprints, read from the engine if they are not held; call with the lock held."""
+        kept = self._fingerprints.get(user_id)
+        if kept is None:
+            kept = _Fingerprints(self._query(scope_filter(user_id), FINGERPRINT_FIELDS, limit=None))
+            self._fingerprints[user_id] = kept
+            while len(self._fingerprints) > FINGERPRINT_USERS:
+                self._fingerprints.popitem(last=False)
+        self._fingerprints.move_to_end(user_id)
+        return kept
 
     def get(self, ids: list[str]) -> list[MemoryRecord]:
         """Rows by id (missing ids are skipped)."""

@@ -161,12 +161,16 @@ def test_a_fact_is_a_duplicate_exactly_while_a_memory_of_its_scope_says_it(mem: 
     assert remembered_again(mem, model, "Likes coffee")[0] == "ADD"
 
 
-def test_a_reopened_memory_still_knows_what_it_remembers(data_dir: Path, mem: Memory,
-                                                          model: PromptReadingModel) -> None:
+@pytest.mark.parametrize("warmed", [False, True], ids=["cold", "warmed up"])
+def test_a_reopened_memory_still_knows_what_it_remembers(data_dir: Path, mem: Memory, model: PromptReadingModel,
+                                                          warmed: bool) -> None:
     _, first = remembered_again(mem, model, "Likes tea")
     mem.close()
     with make_memory(data_dir, model) as reopened:
+        if warmed:  # as the chat does while the user types
+            reopened.warm_up("u")
         assert remembered_again(reopened, model, "Likes tea") == ("NONE", first)
+        assert remembered_again(reopened, model, "Likes coffee")[0] == "ADD"
 
 
 def test_two_things_with_close_names_stay_two_and_two_names_of_one_thing_are_one(
