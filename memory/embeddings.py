@@ -63,15 +63,17 @@ class LocalEmbedder(Embeddings):
         """Embed a search query."""
         return self.embed_array([text], query=True)[0].tolist()
 
-    def embed_array(self, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, query: bool = False, cores: int | None = None) -> np.ndarray:
         """Embed texts (search queries when `query`) into a float32 array of shape (n, dims), on `cores` cores
-        where the model can split its work (see `cores_for`)."""
+        where the model can split its work; None: as `cores_for` says, batch by batch (a long import takes both
+        cores while nothing else runs, and gives one back as soon as something does)."""
         texts = list(texts)
         parts = [np.zeros((0, self.dims), dtype=np.float32)]
         for start in range(0, len(texts), ENCODE_BATCH):
             batch = texts[start:start + ENCODE_BATCH]
+            batch_cores = self.cores_for(batch, query=query) if cores is None else cores
             with self._lock:  # taken per batch: a query waits for one batch of a large add, not for all of it
-                array = self._encode(batch, query, cores)
+                array = self._encode(batch, query, batch_cores)
             parts.append(np.asarray(array, dtype=np.float32).reshape(len(batch), self.dims))
         return np.concatenate(parts)
 
@@ -103,7 +105,12 @@ class E5Embedder(LocalEmbedder):
         # One OpenMP thread by default: the engine splits every layer into parallel regions, and each region
         # waits at a barrier for its slowest thread. When another thread or process holds a core, that wait
         # turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores. A long
-        # query takes a second thread only when a core is idle as it starts (`cores_for`).
+        # query takes a second thread only when a core is idle as it starts (`cores_for`), and so does each batch of
+        # a long import (~58 -> ~100 passages a second).
+        # After a parallel region, OpenMP's worker spins for the next one: 5-10 ms by default, a core taken from the
+        # engine's search that follows, and seen as busy by `idle_core`. 100,000 spins (~1 ms) cost the embedding
+        # nothing measurable; with it, 55 batches of an import in 56 took two cores instead of 33 (read at start).
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
         self._model = E5(num_threads=1)
         self._set_threads = _openmp_thread_setter()
 
@@ -250,13 +257,13 @@ def cosine_range(embedder: Embeddings) -> tuple[float, float]:
 
 def cores_for(embedder: Embeddings, texts: list[str], *, query: bool = False) -> int:
     """How many cores embedding `texts` (queries when `query`) should take now (1 for any embedder but the local
-    e5). For a few texts that nothing else runs beside: a large batch stays on one core (see `E5Embedder`)."""
+    e5), for texts of one batch at most (see `E5Embedder`). Ask before starting work beside the embedding."""
     return embedder.cores_for(texts, query=query) if isinstance(embedder, LocalEmbedder) else 1
 
 
-def embed(embedder: Embeddings, texts: list[str], *, query: bool = False, cores: int = 1) -> np.ndarray:
+def embed(embedder: Embeddings, texts: list[str], *, query: bool = False, cores: int | None = None) -> np.ndarray:
     """Embed texts (search queries when `query`) with any embedder into unit-norm float32 rows (cosine = dot);
-    `cores` is a local model's share of the machine (see `cores_for`)."""
+    `cores` is a local model's share of the machine (None: `cores_for` decides, batch by batch)."""
     if isinstance(embedder, LocalEmbedder):
         array = embedder.embed_array(texts, query=query, cores=cores)
     elif query:

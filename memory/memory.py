@@ -269,7 +269,7 @@ class Memory:
         unique = list(dict.fromkeys([*texts, *names]))
         if not unique:
             return {}
-        return dict(zip(unique, embed(self.embedder, unique, cores=cores_for(self.embedder, unique)), strict=True))
+        return dict(zip(unique, embed(self.embedder, unique), strict=True))
 
     def update(self, memory_id: str, text: str) -> dict[str, Any]:
         """Replace a memory's text (by the user's hand; the old text stays in its history)."""
