@@ -36,12 +36,6 @@ DEFAULT_SAME_ENTITY_COSINE = 0.92
 # Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
 # passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
 ENCODE_BATCH = 32
-# Texts this long together (in e5 tokens, prefixes included) are embedded on two cores when one is idle: ~1.2 ms a
-# token on one core, and two halve the part above ~4 ms. Shorter queries gained nothing once the searches around
-# them ran. (8 tokens, tried on a slower VM: better p50, but a worse p95 right after a bulk ingest; see README
-# "Speed".) An add's new facts and names, embedded with nothing beside them: 16 tokens 19.5-26 -> 14 ms, 38 tokens
-# 43 -> 30 ms.
-E5_TWO_CORE_TOKENS = 14
 
 
 class LocalEmbedder(Embeddings):
@@ -104,20 +98,21 @@ class E5Embedder(LocalEmbedder):
 
         # One OpenMP thread by default: the engine splits every layer into parallel regions, and each region
         # waits at a barrier for its slowest thread. When another thread or process holds a core, that wait
-        # turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores. A long
-        # query takes a second thread only when a core is idle as it starts (`cores_for`), and so does each batch of
-        # a long import (~58 -> ~100 passages a second).
+        # turned a 10 ms query into 600 ms; one thread measured 25 ms at worst on the same busy 2 cores. So a text
+        # takes a second thread only when a core is idle as it starts (`cores_for`), and so does each batch of a
+        # long import (~58 -> ~100 passages a second). Two cores halve even a short text (6 tokens 5.9 -> 3.0 ms,
+        # 16 tokens 14.1 -> 7.2).
         # After a parallel region, OpenMP's worker spins for the next one: 5-10 ms by default, a core taken from the
-        # engine's search that follows, and seen as busy by `idle_core`. 100,000 spins (~1 ms) cost the embedding
-        # nothing measurable; with it, 55 batches of an import in 56 took two cores instead of 33 (read at start).
+        # engine's search that follows, and seen as busy by `idle_core`. With 100,000 spins (~1 ms), 55 batches of
+        # an import in 56 took two cores instead of 33, and short queries gain from two cores where they had lost
+        # (search p50 13 -> 10 ms; see README "Speed").
         os.environ.setdefault("GOMP_SPINCOUNT", "100000")
         self._model = E5(num_threads=1)
         self._set_threads = _openmp_thread_setter()
 
     def cores_for(self, texts: list[str], *, query: bool = False) -> int:
-        """2 for texts of `E5_TWO_CORE_TOKENS` or more together while a core is idle, else 1."""
-        if self._set_threads is None or len(texts) > ENCODE_BATCH or sum(
-                self._model.token_count(text, query) for text in texts) < E5_TWO_CORE_TOKENS:
+        """2 for one batch of texts at most while a core is idle, else 1."""
+        if self._set_threads is None or len(texts) > ENCODE_BATCH:
             return 1
         return 2 if idle_core() else 1
 

@@ -1,5 +1,5 @@
-"""The local e5 embedder: long queries, or an add's new facts together, may take both cores when one is idle, and get
-the same vectors."""
+"""The local e5 embedder: a query, an add's new facts, each batch of an import take both cores when one is idle,
+and get the same vectors."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ import numpy as np
 import pytest
 
 from memory import embeddings
-from memory.embeddings import E5_TWO_CORE_TOKENS, shared_local_embedder
+from memory.embeddings import ENCODE_BATCH, shared_local_embedder
 
 LONG = "When did Caroline go to the LGBTQ support group, and what did she say about it to Melanie afterwards?"
 SHORT = "hiking?"
 
 
-def test_a_long_query_takes_both_cores_only_while_one_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_e5_takes_both_cores_only_while_one_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     e5 = shared_local_embedder()
-    assert e5._model.token_count(LONG, True) >= E5_TWO_CORE_TOKENS > e5._model.token_count(SHORT, True)
     monkeypatch.setattr(embeddings, "idle_core", lambda: True)
-    assert (e5.cores_for([LONG], query=True), e5.cores_for([SHORT], query=True)) == (2, 1)
-    assert e5.cores_for([SHORT] * 8) == 2  # an add's facts and names count together
-    assert e5.cores_for([LONG] * 100) == 1  # a bulk ingest stays on one core
+    assert (e5.cores_for([LONG], query=True), e5.cores_for([SHORT], query=True), e5.cores_for([SHORT] * 8)) == (2, 2, 2)
+    assert e5.cores_for([LONG] * 100) == 1  # more than a batch: asked again batch by batch (`embed_array`)
     monkeypatch.setattr(embeddings, "idle_core", lambda: False)
-    assert e5.cores_for([LONG], query=True) == 1
+    assert (e5.cores_for([LONG], query=True), e5.cores_for([SHORT])) == (1, 1)
+
+
+def test_a_long_import_asks_for_cores_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    e5 = shared_local_embedder()
+    asked: list[int] = []
+    monkeypatch.setattr(e5, "cores_for", lambda texts, query=False: asked.append(len(texts)) or 1)
+    assert e5.embed_array([SHORT] * (ENCODE_BATCH * 2 + 1)).shape == (ENCODE_BATCH * 2 + 1, e5.dims)
+    assert asked == [ENCODE_BATCH, ENCODE_BATCH, 1]
 
 
 def test_two_cores_give_the_same_query_vector() -> None:
