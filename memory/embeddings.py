@@ -105,7 +105,8 @@ class E5Embedder(LocalEmbedder):
         # After a parallel region, OpenMP's worker spins for the next one: 5-10 ms by default, a core taken from the
         # engine's search that follows, and seen as busy by `idle_core`. With 100,000 spins (~1 ms), 55 batches of
         # an import in 56 took two cores instead of 33, and short queries gain from two cores where they had lost
-        # (search p50 13 -> 10 ms; see README "Speed").
+        # (search p50 13 -> 10 ms; see README "Speed"). The Milvus Lite engine, started after the embedder (`Memory`),
+        # inherits the setting for its own OpenMP threads.
         os.environ.setdefault("GOMP_SPINCOUNT", "100000")
         self._model = E5(num_threads=1)
         self._set_threads = _openmp_thread_setter()
