@@ -383,8 +383,8 @@ class Chat:
     def finish(self) -> None:
         """Write what is pending (with a spinner), then close; a Ctrl-C stores it verbatim instead.
 
-        Once the verbatim save has begun, further Ctrl-Cs are ignored: it takes a moment (no model call), and
-        stopping it half-way would lose the user's words."""
+        Once the verbatim save (or the closing) has begun, further Ctrl-Cs are ignored for the rest of the process:
+        it takes a moment (no model call), and stopping it half-way would lose the user's words."""
         if not self.startup.ready:
             with _sigint_ignored():  # the stores are still opening: let them, so that they close cleanly
                 self.startup.wait()
@@ -398,13 +398,13 @@ class Chat:
                     while not writer.wait(SIGNAL_CHECK_S):  # in slices, as the reply's join in `turn`
                         pass
         except KeyboardInterrupt:
-            with _sigint_ignored():
-                saved = writer.drain_verbatim()
-                self.console.print(f"Saved {saved} pending message(s) verbatim.")
-                self.runtime.memory.close()
-            return
-        with _sigint_ignored():
+            _sigint_ignored_from_now()
+            saved = writer.drain_verbatim()
+            self.console.print(f"Saved {saved} pending message(s) verbatim.")
             self.runtime.memory.close()
+            return
+        _sigint_ignored_from_now()
+        self.runtime.memory.close()
 
     def stuck(self) -> bool:
         """True when a reply was abandoned at Ctrl-C: its graph step may still wait on the model endpoint in a
@@ -434,6 +434,14 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_ignored_from_now() -> None:
+    """Ignore Ctrl-C for the rest of the process (main thread only; elsewhere a no-op): the chat is ending. Python
+    gives a signal its default action back as the interpreter exits, unless it is ignored: a second Ctrl-C then
+    killed the finished chat (exit status -2, everything already saved)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
