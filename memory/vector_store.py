@@ -98,8 +98,9 @@ ENGINE_START_TIMEOUT_S = 30.0
 # Seconds to wait for the Milvus Lite engine's hold on its file while rewriting it after an erasure.
 LITE_VACUUM_TIMEOUT = 10.0
 # The Milvus Lite engine's allocator (its own jemalloc) settings, unless MALLOC_CONF says otherwise: by default it
-# keeps freed memory while the engine is idle, such as the ~200 MB buffer its load of a file's rows leaves (a chat
-# opened on 100,000 rows sat at 483-499 MB; with a background thread returning it after a second, ~386 MB).
+# keeps freed memory while the engine is idle, such as the ~200 MB buffer its load of a file's rows leaves (the
+# engine of a chat opened on 100,000 rows sat at 483-499 MB; with a background thread returning it after a second,
+# ~386 MB). The load's peak stays.
 LITE_MALLOC_CONF = "background_thread:true,dirty_decay_ms:1000"
 # The column of Milvus Lite 2.5's row table holding the primary key, and how long to wait for the engine's hold on
 # its file to index it (see `_index_lite_ids`).
