@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache
 
@@ -34,8 +35,9 @@ from memory.language_bias import neutralise_queries
 DEFAULT_COSINE_RANGE = (0.1, 0.4)
 # The cosine from which two entity names of one type are the same entity, for embedders that do not say.
 DEFAULT_SAME_ENTITY_COSINE = 0.92
-# The name a calling thread carries while OpenMP starts its workers (`E5Embedder._encode`).
-TEAM_MARK = "e5-openmp-team"
+# The operating system's name of the thread that runs every local encoding (`LocalEmbedder`), which the OpenMP
+# workers it starts inherit (at most 15 characters).
+ENCODER_THREAD = "local-embedder"
 # Texts a local model encodes at once. e5 takes as long per text in batches of 16 as of 1,000 (~20 ms a short
 # passage here), but its working memory grows with the batch: +18 MB at 16 texts, +290 MB at 1,000.
 ENCODE_BATCH = 32
@@ -50,7 +52,17 @@ class LocalEmbedder(Embeddings):
 
     def __init__(self) -> None:
         self.dims = LOCAL_EMBEDDERS[self.model]
-        self._lock = threading.Lock()
+        # Every encoding runs on this one thread, whichever thread asks, one batch at a time. OpenMP (e5's engine)
+        # keeps a team of workers for each thread that starts parallel work, and while two teams live (a chat's
+        # recall on its main thread and its background write on another) libgomp counts more threads than cores
+        # and stops spinning between the engine's parallel regions, each of which then waits for a sleeping
+        # worker to wake: a two-core query took 17 ms instead of 9 while another thread that had embedded lived.
+        self._encoder = ThreadPoolExecutor(max_workers=1, initializer=self._name_encoder)
+        self._encoder_id = 0  # the encoding thread's native id, once it runs
+
+    def _name_encoder(self) -> None:
+        self._encoder_id = threading.get_native_id()
+        _name_thread(self._encoder_id, ENCODER_THREAD)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts to be stored."""
@@ -69,8 +81,8 @@ class LocalEmbedder(Embeddings):
         for start in range(0, len(texts), ENCODE_BATCH):
             batch = texts[start:start + ENCODE_BATCH]
             batch_cores = self.cores_for(batch, query=query) if cores is None else cores
-            with self._lock:  # taken per batch: a query waits for one batch of a large add, not for all of it
-                array = self._encode(batch, query, batch_cores)
+            # submitted per batch: a query waits for one batch of a large add, not for all of it
+            array = self._encoder.submit(self._encode, batch, query, batch_cores).result()
             parts.append(np.asarray(array, dtype=np.float32).reshape(len(batch), self.dims))
         return np.concatenate(parts)
 
@@ -113,40 +125,34 @@ class E5Embedder(LocalEmbedder):
         os.environ.setdefault("GOMP_SPINCOUNT", "100000")
         self._model = E5(num_threads=1)
         self._set_threads = _openmp_thread_setter()
-        # The OpenMP workers of each calling thread's team (by native thread id), learned at its first two-core
-        # encoding. While one spins after an encoding it counts as running, and read as another task's it kept the
-        # next text on one core (queries embedded back to back took 1.5 cores on average, 9.5 vs 5.3 ms p50). It
-        # is this thread's own second core: `idle_core` does not count it.
-        self._team_workers: dict[int, frozenset[int]] = {}
+        # The OpenMP workers of the encoding thread's team (by native thread id), learned at its first two-core
+        # encoding, which starts them. While one spins after an encoding it counts as running, and read as
+        # another task's it kept the next text on one core (queries embedded back to back took 1.5 cores on
+        # average, 9.5 vs 5.3 ms p50). It is the embedder's own second core: `idle_core` does not count it.
+        self._workers: frozenset[int] = frozenset()
 
     def cores_for(self, texts: list[str], *, query: bool = False) -> int:
         """2 for one batch of texts at most while a core is idle, else 1."""
         if self._set_threads is None or len(texts) > ENCODE_BATCH:
             return 1
-        return 2 if idle_core(own=self._team_workers.get(threading.get_native_id(), frozenset())) else 1
+        return 2 if idle_core(own=self._workers) else 1
 
     def _encode(self, texts: list[str], query: bool, cores: int) -> np.ndarray:
         if self._set_threads is not None:
-            self._set_threads(max(1, cores))  # OpenMP keeps the count per calling thread: set on every call
-        caller = threading.get_native_id()
-        learning = cores > 1 and caller not in self._team_workers
-        if learning:
-            # OpenMP starts this thread's workers in its first parallel region, and a new thread takes its
-            # creator's name: named so for that call, they are told from any other thread starting meanwhile.
-            name = _thread_name(caller)
-            _name_thread(caller, TEAM_MARK)
+            self._set_threads(max(1, cores))
+        learning = cores > 1 and not self._workers
+        existing = _thread_ids() if learning else frozenset()
+        pinned = cores > 1 and _pin_apart(self._encoder_id, self._workers)
         try:
             if query:
                 vectors = neutralise_queries(np.asarray(self._model.query(texts), dtype=np.float32), texts)
             else:
                 vectors = self._model.passage(texts)
         finally:
-            if learning:
-                _name_thread(caller, name)
-        if learning:
-            known = frozenset().union(*self._team_workers.values())
-            self._team_workers[caller] = frozenset(
-                t for t in _thread_ids() if t != caller and t not in known and _thread_name(t) == TEAM_MARK)
+            if pinned:
+                _unpin(self._encoder_id)
+        if learning:  # started by this encoding, they took this thread's name (another embedder's have it too)
+            self._workers = frozenset(t for t in _thread_ids() - existing if _thread_name(t) == ENCODER_THREAD)
         return vectors
 
 
@@ -218,6 +224,54 @@ def idle_core(readings: int = 4, pause_s: float = 0.0002, *, own: Collection[int
         if reading + 1 < readings:
             time.sleep(pause_s)
     return False
+
+
+def _pin_apart(thread: int, workers: Collection[int]) -> bool:
+    """Keep thread `thread` on the core it runs on and its OpenMP `workers` off it, for one parallel encoding. The
+    scheduler sometimes wakes a worker on its master's core, and the two then take turns there, each spinning at
+    the engine's barriers while the other waits (3 ms time slices: a query took 20-40 ms instead of 6) until the
+    balancer moves one. False (nothing pinned) where this cannot be done."""
+    allowed = _process_cores()
+    current = _current_core()
+    others = allowed - {current}
+    if not workers or current not in allowed or not others:
+        return False
+    try:
+        os.sched_setaffinity(thread, {current})
+        for worker in workers:
+            os.sched_setaffinity(worker, others)
+    except OSError:  # a worker that has ended, or no permission: leave the scheduler to it
+        _unpin(thread)
+        return False
+    return True
+
+
+def _unpin(thread: int) -> None:
+    """Let thread `thread` run on any of the process' cores again."""
+    with suppress(OSError):
+        os.sched_setaffinity(thread, _process_cores())
+
+
+@cache
+def _process_cores() -> frozenset[int]:
+    """The cores this process may run on, as it started (empty where this cannot be known)."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset()
+
+
+def _current_core() -> int:
+    """The core the calling thread runs on (-1 where this cannot be known)."""
+    try:
+        return int(_libc().sched_getcpu())
+    except (AttributeError, OSError):
+        return -1
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
 
 
 def _thread_name(thread: int) -> str:
