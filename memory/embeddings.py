@@ -271,6 +271,7 @@ def _current_core() -> int:
 
 @cache
 def _libc() -> ctypes.CDLL:
+    """The C library this process runs on."""
     return ctypes.CDLL(None)
 
 

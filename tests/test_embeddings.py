@@ -81,7 +81,8 @@ def test_threads_that_embed_share_one_openmp_team() -> None:
         other.join()
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core")
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores and thread affinity (Linux)")
 def test_a_two_core_embedding_keeps_its_two_threads_on_different_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     # Woken on its master's core, an OpenMP worker took turns with it there, both spinning at the engine's barriers
     # (3 ms time slices): a query took 20-40 ms instead of 6 until the scheduler moved one of them.
