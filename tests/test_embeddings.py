@@ -113,8 +113,10 @@ def test_a_busy_machine_or_a_one_core_limit_keeps_queries_on_one_core(monkeypatc
             spinner.wait()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     embeddings.usable_cores.cache_clear()
+    embeddings._process_cores.cache_clear()
     try:
         assert embeddings.usable_cores() == 1 and not embeddings.idle_core()
     finally:
         monkeypatch.undo()
         embeddings.usable_cores.cache_clear()
+        embeddings._process_cores.cache_clear()
