@@ -13,7 +13,10 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
 - `floor_ms_p50`: the same embedder embedding the query plus a numpy brute-force top-k over that user's
   stored vectors, what no store can beat; `search_over_floor` = search_ms_p50 / floor_ms_p50;
 - `add_raw_per_s`: `add(infer=False)` throughput in memories per second;
-- `add_overhead_ms_p95`: `add(infer=True)` with an instant scripted model (everything but the model);
+- `add_overhead_ms_p95` (and `_p50`): `add(infer=True)` with an instant scripted model (everything but the model);
+- `add_floor_ms_p50`, `add_floor_ms_p95`: what such an add cannot do without, in the same run: the same embedder
+  embedding the message (to find the related memories), a numpy brute-force top-k over the user's vectors, and the
+  new fact's embedding (to store it); `add_over_floor` = add p50 / floor p50;
 - `update_overhead_ms_p95` (measured last): the same, where the model's answer updates a memory shown to it (its
   old row is deleted from the collection, which costs Milvus Lite time in proportion to every user's rows);
 - `turn_overhead_ms_p95`: one agent turn (recall + respond + memorize hand-off) with instant models, as the
@@ -25,6 +28,8 @@ with `add(infer=False)` in batches, no manual flush), then one user is searched 
   more per row after reading its file than after live inserts);
 - `peak_rss_mb`: peak resident memory of this process plus the Milvus Lite engine's child process (all users'
   stores open), read before the floor's numpy matrix exists; `engine_peak_rss_mb`: the engine's share;
+  `imports_rss_mb`: a new Python process that only imports what this one and a chat import (no data, no model);
+  `vectors_mb`: the stored vectors as float32, the least a store that keeps them in memory holds;
 - `llm_calls_per_add`, `llm_calls_per_search`, `memory_context_tokens` (the recalled-memory block of the
   prompt at default settings, estimated as characters / 4 for English text);
 - last, once the searched user's graph holds `--entities` more entities (as years of conversations leave, each
@@ -148,25 +153,63 @@ def time_search(memory: Memory, user: str, queries: list[str]) -> list[float]:
 
 def time_floor(memory: Memory, user: str, queries: list[str]) -> list[float]:
     """Embedding the query (on as many cores as a search would) plus numpy brute-force top-10 over the user's stored
-    vectors (ms). The embeddings are timed first and the top-ks after: numpy's multi-threaded `matrix @ vector`
-    leaves a BLAS thread spinning for a while, which `idle_core` sees as a busy core, so interleaving them would make
-    the floor's queries embed on one core where a search's take two."""
+    vectors (ms)."""
+    matrix = _stored_matrix(memory, user)
+    vectors, embed_ms = _embed_each(memory, queries, query=True)
+    return [embedded + _top_k_ms(matrix, vector) for vector, embedded in zip(vectors, embed_ms, strict=True)]
+
+
+def time_add_floor(memory: Memory, user: str, n: int) -> list[float]:
+    """What any add of `time_adds`' kind must compute (ms): the message's query embedding and a numpy brute-force
+    top-10 over the user's stored vectors (the related memories the model is shown), and the new fact's passage
+    embedding (the vector stored), each embedding on as many cores as an add's would take. No store, no graph."""
+    matrix = _stored_matrix(memory, user)
+    messages = add_messages(n)
+    facts = [f"Enjoys {thing} with {name}" for thing, name in _add_subjects(n)]
+    vectors, message_ms = _embed_each(memory, messages, query=True)
+    _, fact_ms = _embed_each(memory, facts, query=False)
+    return [embedded + _top_k_ms(matrix, vector) + fact
+            for vector, embedded, fact in zip(vectors, message_ms, fact_ms, strict=True)]
+
+
+def _stored_matrix(memory: Memory, user: str) -> np.ndarray:
+    """The user's stored vectors, one row each."""
     stored = memory.vectors.vectors([r.id for r in memory.vectors.list(scope_filter(user), user, None)])
-    matrix = np.stack(list(stored.values()))
-    vectors, embed_ms = [], []
-    for query in queries:
+    return np.stack(list(stored.values()))
+
+
+def _embed_each(memory: Memory, texts: list[str], *, query: bool) -> tuple[list[np.ndarray], list[float]]:
+    """Each text embedded alone on as many cores as `cores_for` gives it now, and each one's time (ms). All the
+    embeddings are timed before any top-k (`_top_k_ms`): numpy's multi-threaded `matrix @ vector` leaves a BLAS
+    thread spinning for a while, which `idle_core` sees as a busy core, so interleaving them would make the floor's
+    texts embed on one core where a search's or an add's take two."""
+    vectors, times = [], []
+    for text in texts:
         began = time.perf_counter()
-        vectors.append(embed(memory.embedder, [query], query=True,
-                             cores=cores_for(memory.embedder, [query], query=True))[0])
-        embed_ms.append((time.perf_counter() - began) * 1000)
-    times = []
-    for vector, embedded in zip(vectors, embed_ms, strict=True):
-        began = time.perf_counter()
-        scores = matrix @ vector
-        top = np.argpartition(-scores, 10)[:10]
-        top[np.argsort(-scores[top])]
-        times.append(embedded + (time.perf_counter() - began) * 1000)
-    return times
+        vectors.append(embed(memory.embedder, [text], query=query,
+                             cores=cores_for(memory.embedder, [text], query=query))[0])
+        times.append((time.perf_counter() - began) * 1000)
+    return vectors, times
+
+
+def _top_k_ms(matrix: np.ndarray, vector: np.ndarray, k: int = 10) -> float:
+    """Time (ms) of a numpy brute-force top-k of `vector` over the rows of `matrix`."""
+    began = time.perf_counter()
+    scores = matrix @ vector
+    top = np.argpartition(-scores, k)[:k]
+    top[np.argsort(-scores[top])]
+    return (time.perf_counter() - began) * 1000
+
+
+def _add_subjects(n: int) -> list[tuple[str, str]]:
+    """The (thing, name) of each of the benchmark's `n` adds, always the same."""
+    rng = random.Random(7)
+    return [(rng.choice(THINGS), rng.choice(NAMES)) for _ in range(n)]
+
+
+def add_messages(n: int) -> list[str]:
+    """The messages of the benchmark's `n` adds: a new fact each ("I really enjoy sailing with Bob.")."""
+    return [f"I really enjoy {thing} with {name}." for thing, name in _add_subjects(n)]
 
 
 def time_adds(memory: Memory, model: InstantModel, user: str, n: int,
@@ -174,10 +217,9 @@ def time_adds(memory: Memory, model: InstantModel, user: str, n: int,
     """add(infer=True) times with the instant model (ms), and LLM calls per add; with `expect`, the adds must have
     made that event (or NONE, where the text was remembered already), else the benchmark timed something else."""
     before, times, events = model.calls, [], set()
-    rng = random.Random(7)
-    for _ in range(n):
+    for message in add_messages(n):
         began = time.perf_counter()
-        result = memory.add(f"I really enjoy {rng.choice(THINGS)} with {rng.choice(NAMES)}.", user_id=user)
+        result = memory.add(message, user_id=user)
         times.append((time.perf_counter() - began) * 1000)
         events.update(r["event"] for r in result["results"])
     if expect and (expect not in events or events - {expect, "NONE"}):
@@ -247,6 +289,17 @@ def cold_start(data_dir: Path, embedding_model: str) -> tuple[float, float, floa
     return marks[0], marks[1], chat_mb
 
 
+def imports_rss_mb() -> float:
+    """Peak resident memory (MB) of a new Python process that only imports what this benchmark's process and a chat
+    import (the packages of the design card, with theirs): the part of `peak_rss_mb` that no data or model holds."""
+    # its VmHWM: ru_maxrss would report this big process' peak, which Linux carries over to a child it forks
+    code = ("import os, agent.graph, agent.writer, memory, langchain_openai, rich.console, benchmarks.latency as b; "
+            "print(b.peak_rss_mb(os.getpid()))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return round(float(run.stdout.split()[-1]), 1)
+
+
 def peak_rss_mb(pid: int) -> float:
     """A process' peak resident memory (VmHWM, from /proc; 0 once it is gone)."""
     try:
@@ -295,6 +348,7 @@ def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = L
         report["search_ms_p95"] = report["search_ms_p95_at"][have]
         report["add_raw_per_s"] = round(float(np.mean(rates)), 1)
         adds, calls_per_add = time_adds(memory, model, users[0], 50)
+        report["add_overhead_ms_p50"] = round(percentile(adds, 50), 2)
         report["add_overhead_ms_p95"] = round(percentile(adds, 95), 2)
         report["llm_calls_per_add"] = calls_per_add
         before = model.calls
@@ -306,11 +360,17 @@ def run(sizes: list[int], n_users: int, n_queries: int, embedding_model: str = L
         engine_mb = children_peak_rss_mb()
         report["engine_peak_rss_mb"] = round(engine_mb, 1)
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + engine_mb, 1)
+        report["imports_rss_mb"] = imports_rss_mb()
+        report["vectors_mb"] = round(len(users) * have * memory.embedder.dims * 4 / 2**20, 1)
         # The floor comes after the memory readings: its matrix of the user's stored vectors is the benchmark's, not
         # the memory's (150 MB for 100,000 e5 vectors).
         floor = time_floor(memory, users[0], queries)
         report["floor_ms_p50"] = round(percentile(floor, 50), 3)
         report["search_over_floor"] = round(report["search_ms_p50"] / report["floor_ms_p50"], 1)
+        add_floor = time_add_floor(memory, users[0], 50)
+        report["add_floor_ms_p50"] = round(percentile(add_floor, 50), 2)
+        report["add_floor_ms_p95"] = round(percentile(add_floor, 95), 2)
+        report["add_over_floor"] = round(report["add_overhead_ms_p50"] / report["add_floor_ms_p50"], 1)
         if n_entities:
             report["graph_entities"] = grow_graph(memory, users[0], n_entities)
             report["search_ms_p95_large_graph"] = round(percentile(time_search(memory, users[0], queries), 95), 2)

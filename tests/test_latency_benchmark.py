@@ -17,7 +17,8 @@ KEYS = ["search_ms_p50", "search_ms_p95", "floor_ms_p50", "search_over_floor", "
         "add_overhead_ms_p95", "turn_overhead_ms_p95", "cold_start_s", "first_reply_s", "peak_rss_mb",
         "llm_calls_per_add", "llm_calls_per_search", "memory_context_tokens", "search_ms_p95_large_graph",
         "add_overhead_ms_p95_large_graph", "graph_entities", "reopened_peak_rss_mb",
-        "update_overhead_ms_p95"]
+        "update_overhead_ms_p95", "add_overhead_ms_p50", "add_floor_ms_p50", "add_floor_ms_p95", "add_over_floor",
+        "imports_rss_mb", "vectors_mb"]
 
 
 @pytest.mark.parametrize("model", list(LOCAL_EMBEDDERS))
@@ -37,3 +38,7 @@ def test_latency_benchmark_reports_every_key_as_json(model: str) -> None:
     assert 0 < report["cold_start_s"] < report["first_reply_s"]
     assert report["reopened_peak_rss_mb"] > 100  # the chat process and its engine were found and read
     assert report["graph_entities"] > 20
+    assert 0 < report["add_floor_ms_p50"] <= report["add_floor_ms_p95"]
+    assert report["add_over_floor"] == round(report["add_overhead_ms_p50"] / report["add_floor_ms_p50"], 1)
+    assert 50 < report["imports_rss_mb"] < report["peak_rss_mb"]  # the packages alone, less than the whole run
+    assert report["vectors_mb"] == round(2 * 30 * LOCAL_EMBEDDERS[model] * 4 / 2**20, 1)
