@@ -559,6 +559,30 @@ def test_milvus_lite_finds_the_rows_an_update_or_delete_names_by_index(data_dir:
         assert texts(memory.search("tea", user_id="u")) == ["I like green tea"]
 
 
+def lite_journal_mode(path: Path) -> str:
+    """The journal mode the Milvus Lite file is in."""
+    with closing(sqlite3.connect(path)) as db:
+        return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_milvus_lite_commits_its_writes_through_a_write_ahead_log(data_dir: Path) -> None:
+    # In its rollback-journal mode the engine synced the file four times for each write (an insert 4.5 ms p50 against
+    # 3.2 in WAL mode). A file made before is switched when opened, its rows kept.
+    with fresh_memory(data_dir) as memory:
+        memory.add("I like tea", user_id="u", infer=False)
+        assert lite_journal_mode(data_dir / "milvus.db") == "wal"
+        assert (data_dir / "milvus.db-wal").stat().st_size > 0, "the engine's writes go to the log"
+    with closing(sqlite3.connect(data_dir / "milvus.db")) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+    assert lite_journal_mode(data_dir / "milvus.db") == "delete"
+    with make_memory(data_dir) as memory:
+        assert lite_journal_mode(data_dir / "milvus.db") == "wal"
+        memory.add("I live in Lyon", user_id="u", infer=False)
+        assert sorted(texts(memory.get_all(user_id="u"))) == ["I like tea", "I live in Lyon"]
+    with make_memory(data_dir) as memory:
+        assert sorted(texts(memory.get_all(user_id="u"))) == ["I like tea", "I live in Lyon"]
+
+
 def test_a_milvus_lite_file_the_engine_cannot_read_is_one_line_naming_its_complaint(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "milvus.db").write_bytes(b"not a database " * 100)
