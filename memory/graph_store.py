@@ -50,6 +50,8 @@ _SCHEMA = [
     "CREATE REL TABLE IF NOT EXISTS RELATES(FROM Entity TO Entity, id STRING, rel_type STRING, "
     "valid_from TIMESTAMP, valid_to TIMESTAMP, memory_ids STRING[], created_at TIMESTAMP)",
 ]
+# One relation by id, found from its two nodes (see `KuzuGraphStore._edge_match`).
+_EDGE_BETWEEN = "MATCH (a:Entity {id: $a})-[r:RELATES]->(b:Entity {id: $b}) WHERE r.id = $id"
 _REL_FIELDS = ("r.id, a.name, a.type, r.rel_type, b.name, b.type, r.valid_from, r.valid_to, r.memory_ids")
 
 
@@ -231,7 +233,7 @@ class KuzuGraphStore:
         """Store an exported relation as it was (id, type, validity window, memory ids) between these nodes;
         nothing changes if its id is stored already."""
         with self._lock:
-            if self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id RETURN r.id", {"id": relation.id}):
+            if self._run(f"{_EDGE_BETWEEN} RETURN r.id", {"id": relation.id, "a": source_id, "b": destination_id}):
                 return
             self._run("MATCH (a:Entity {id: $a}), (b:Entity {id: $b}) CREATE (a)-[:RELATES {id: $id, rel_type: $t, "
                       "valid_from: $vf, valid_to: $vt, memory_ids: $m, created_at: $now}]->(b)",
@@ -246,8 +248,8 @@ class KuzuGraphStore:
         """Mark relations as no longer true from `valid_to` on (kept for history and "as of" queries)."""
         with self._lock:
             for rel_id in relation_ids:
-                self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id AND r.valid_to IS NULL SET r.valid_to = $t",
-                          {"id": rel_id, "t": _naive(valid_to)})
+                match, params = self._edge_match(rel_id)
+                self._run(f"{match} AND r.valid_to IS NULL SET r.valid_to = $t", {**params, "t": _naive(valid_to)})
                 for edges in self._relation_cache.values():
                     edges.pop(rel_id, None)
 
@@ -313,9 +315,21 @@ class KuzuGraphStore:
             self._relation_cache.move_to_end(user_id)
         return edges
 
+    def _edge_match(self, rel_id: str, user_id: str | None = None) -> tuple[str, dict[str, Any]]:
+        """A MATCH of relation `rel_id` (as `r`, for a SET) and its parameters: from its two nodes where it is a
+        current relation kept in memory (of `user_id`, or of any user kept), else among every edge. Kuzu has no
+        index on a relation's properties: matched by id alone, it reads every user's edges (20,000 edges: 6.5 ms
+        a write, against 1.0 from the nodes, found by their primary key)."""
+        kept = [self._relation_cache.get(user_id)] if user_id is not None else self._relation_cache.values()
+        for edges in kept:
+            if edges is not None and (edge := edges.get(rel_id)) is not None:
+                return _EDGE_BETWEEN, {"id": rel_id, "a": edge.source_id, "b": edge.destination_id}
+        return "MATCH ()-[r:RELATES]->() WHERE r.id = $id", {"id": rel_id}
+
     def _set_memory_ids(self, user_id: str, rel_id: str, memory_ids: list[str]) -> None:
         """Set the memories that state one of the user's relations."""
-        self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m", {"id": rel_id, "m": memory_ids})
+        match, params = self._edge_match(rel_id, user_id)
+        self._run(f"{match} SET r.memory_ids = $m", {**params, "m": memory_ids})
         edges = self._relation_cache.get(user_id)
         if edges is not None and (edge := edges.get(rel_id)) is not None:
             edges[rel_id] = replace(edge, relation=replace(edge.relation, memory_ids=list(memory_ids)))
@@ -357,11 +371,11 @@ class KuzuGraphStore:
         with self._lock:
             for rel_id, ids in self._stated_by(user_id, memory_ids, current_only=False):
                 remaining = [i for i in ids or [] if i not in memory_ids]
+                match, params = self._edge_match(rel_id, user_id)
                 if remaining:
-                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id SET r.memory_ids = $m",
-                              {"id": rel_id, "m": remaining})
+                    self._run(f"{match} SET r.memory_ids = $m", {**params, "m": remaining})
                 else:
-                    self._run("MATCH ()-[r:RELATES]->() WHERE r.id = $id DELETE r", {"id": rel_id})
+                    self._run(f"{match} DELETE r", params)
             self._run("MATCH (e:Entity) WHERE e.user_id = $u AND NOT EXISTS { MATCH (e)-[:RELATES]-() } "
                       "DELETE e", {"u": user_id})
             self._user_nodes.discard(user_id)
