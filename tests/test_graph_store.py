@@ -170,6 +170,18 @@ def test_a_name_embedded_like_an_entity_of_its_type_is_that_entity(tmp_path: Pat
             "Gotham", "NYC", "Newark", "North", "Nyc Band", "South", "York"]
     finally:
         graph.close()
+    graph = KuzuGraphStore(str(tmp_path / "graph.kuzu"))  # the names' vectors read anew from the file
+    try:
+        assert graph.resolve_entity("alice", "New York City", "city", unit(1, 0.1)) == nyc
+        assert graph.resolve_entity("alice", "Up Here", "place", at_degrees(-3)) == south
+        assert graph.resolve_entity("alice", "Newark NJ", "city", unit(1, 0.3, dims=512)) == other_dims
+        assert graph.resolve_entity("bob", "NY", "city", unit(1, 0.3)) not in (nyc, york, other_dims)
+        assert graph.resolve_entity("bob", "NY", "city", unit(1, 0.29)) == graph.resolve_entity(
+            "bob", "New York", "city", None)  # bob's own New York, named before
+        graph.delete_user("bob")
+        assert graph.resolve_entity("bob", "NY", "city", unit(1, 0.3)) not in (nyc, york, other_dims)
+    finally:
+        graph.close()
 
 
 # Names of one thing, and names of different things that embedders find close (hand-picked: what a chat mentions)
