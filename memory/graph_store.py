@@ -193,12 +193,14 @@ class KuzuGraphStore:
         `same_entity_cosine` alike or closer. Call it under the store's lock."""
         kept = self._entity_vectors.get(user_id)
         if kept is None:
-            kept = {}
-            rows = self._run("MATCH (e:Entity) WHERE e.user_id = $u AND e.embedding IS NOT NULL "
-                             "RETURN e.id, e.type, e.embedding", {"u": user_id})
-            for key in {(row[1], len(row[2])) for row in rows if row[2]}:
-                chosen = [row for row in rows if row[2] and (row[1], len(row[2])) == key]
-                kept[key] = ([row[0] for row in chosen], _unit_rows([row[2] for row in chosen], key[1]))
+            groups: dict[tuple[str, int], tuple[list[str], list[list[float]]]] = {}
+            for node_id, type_of, vector in self._run("MATCH (e:Entity) WHERE e.user_id = $u AND e.embedding IS NOT "
+                                                      "NULL RETURN e.id, e.type, e.embedding", {"u": user_id}):
+                if vector:
+                    ids, vectors = groups.setdefault((type_of, len(vector)), ([], []))
+                    ids.append(node_id)
+                    vectors.append(vector)
+            kept = {key: (ids, _unit_rows(vectors, key[1])) for key, (ids, vectors) in groups.items()}
             self._entity_vectors[user_id] = kept
             while len(self._entity_vectors) > ENTITY_VECTOR_USERS:
                 self._entity_vectors.popitem(last=False)
